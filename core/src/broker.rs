@@ -1,0 +1,514 @@
+//! [`Broker`]: publish/subscribe fan-out across many connections, sans-IO.
+//!
+//! The broker holds the subscriptions of every subscriber (normally one per
+//! server connection) and a bounded queue per subscriber. A publish is
+//! matched against exact topics and prefixes and appended to each matching
+//! subscriber's queue; it never waits for anyone. Each connection's driver
+//! drains its own queue into its [`Connection`](crate::Connection) with
+//! [`next_delivery`](Broker::next_delivery) as fast as that connection can
+//! write, so a slow subscriber costs only its own queue:
+//!
+//! - with [`SlowConsumerPolicy::DropOldest`] the oldest queued message is
+//!   dropped and the subscriber is told how many it lost
+//!   ([`Delivery::Lagged`]) before its next message;
+//! - with [`SlowConsumerPolicy::Disconnect`] the broker emits
+//!   [`BrokerEvent::Disconnect`] and stops queuing for that subscriber.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use wharf_core::broker::{Broker, BrokerConfig, Delivery, SubscriberId};
+//! use wharf_core::{SlowConsumerPolicy, SubscriptionId, Text};
+//!
+//! let mut broker = Broker::new(BrokerConfig::default()).unwrap();
+//! let alice = SubscriberId(1);
+//! broker.add_subscriber(alice);
+//! broker
+//!     .subscribe(alice, SubscriptionId(1), Text::from("sensors/"), true, SlowConsumerPolicy::DropOldest)
+//!     .unwrap();
+//! let report = broker.publish(&Text::from("sensors/t1"), &Bytes::from_static(b"21.5"));
+//! assert_eq!(report.queued, 1);
+//! match broker.next_delivery(alice) {
+//!     Some(Delivery::Message { subscription, topic, payload }) => {
+//!         assert_eq!(subscription, SubscriptionId(1));
+//!         assert_eq!(topic, "sensors/t1");
+//!         assert_eq!(payload, Bytes::from_static(b"21.5"));
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::conn::IdMap;
+use crate::error::ConfigError;
+use crate::event::SubscriptionId;
+use crate::text::Text;
+use crate::wire::SlowConsumerPolicy;
+
+/// Identifies a subscriber (normally one server connection); chosen by the
+/// caller, for example the connection id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub u64);
+
+/// Limits of a [`Broker`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerConfig {
+    /// Messages queued per subscriber. Default 1024.
+    pub queue_messages: usize,
+    /// Bytes (payload + topic) queued per subscriber; one message larger
+    /// than this may still be queued when the queue is empty. Default 4 MiB.
+    pub queue_bytes: usize,
+    /// Subscriptions per subscriber. Default 512.
+    pub max_subscriptions: usize,
+    /// Longest topic. Default 1024 bytes.
+    pub max_topic_len: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig { queue_messages: 1024, queue_bytes: 4 * 1024 * 1024, max_subscriptions: 512, max_topic_len: 1024 }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |field, v: usize| {
+            if v == 0 {
+                Err(ConfigError { field, value: "0".into(), requirement: "must be at least 1" })
+            } else {
+                Ok(())
+            }
+        };
+        positive("queue_messages", self.queue_messages)?;
+        positive("queue_bytes", self.queue_bytes)?;
+        positive("max_subscriptions", self.max_subscriptions)?;
+        positive("max_topic_len", self.max_topic_len)
+    }
+}
+
+/// A subscription could not be registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The subscriber was never added, or was removed.
+    #[error("unknown subscriber {0:?}")]
+    UnknownSubscriber(SubscriberId),
+    /// This subscription id is already registered for this subscriber.
+    #[error("subscriber {subscriber:?} already has subscription {subscription}")]
+    DuplicateSubscription {
+        /// Subscriber.
+        subscriber: SubscriberId,
+        /// Subscription id.
+        subscription: SubscriptionId,
+    },
+    /// The subscriber reached [`BrokerConfig::max_subscriptions`].
+    #[error("subscriber {subscriber:?} already has {limit} subscriptions")]
+    TooManySubscriptions {
+        /// Subscriber.
+        subscriber: SubscriberId,
+        /// The limit.
+        limit: usize,
+    },
+    /// Empty exact topic, or longer than [`BrokerConfig::max_topic_len`].
+    #[error("invalid topic of {len} bytes (limit {limit}; exact topics must not be empty)")]
+    InvalidTopic {
+        /// Topic length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The subscriber was disconnected for being too slow.
+    #[error("subscriber {0:?} was disconnected as a slow consumer")]
+    Disconnected(SubscriberId),
+}
+
+/// One item for a subscriber's connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Send with [`Connection::deliver`](crate::Connection::deliver).
+    Message {
+        /// Subscription it matched.
+        subscription: SubscriptionId,
+        /// Topic it was published on.
+        topic: Text,
+        /// Payload (shared by every subscriber, not copied).
+        payload: Bytes,
+    },
+    /// Send with [`Connection::deliver_lagged`](crate::Connection::deliver_lagged).
+    Lagged {
+        /// Subscription that lost messages.
+        subscription: SubscriptionId,
+        /// How many.
+        dropped: u64,
+    },
+}
+
+/// What the broker asks of the code around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerEvent {
+    /// This subscriber's queue was empty and now holds something: wake its
+    /// connection's driver. Emitted again only after
+    /// [`next_delivery`](Broker::next_delivery) has returned `None`.
+    Ready(SubscriberId),
+    /// This subscriber overflowed a subscription whose policy is
+    /// [`SlowConsumerPolicy::Disconnect`]: close its connection with
+    /// GOODBYE `SLOW_CONSUMER`, then [`remove_subscriber`](Broker::remove_subscriber).
+    Disconnect {
+        /// The subscriber.
+        subscriber: SubscriberId,
+        /// The subscription that overflowed.
+        subscription: SubscriptionId,
+    },
+}
+
+/// The result of one [`publish`](Broker::publish).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Subscriptions the message was queued for.
+    pub queued: u32,
+    /// Older messages dropped from lagging subscribers' queues to make room.
+    pub dropped: u32,
+    /// Subscribers disconnected by this publish.
+    pub disconnected: u32,
+}
+
+/// Counters of a broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Publishes.
+    pub published: u64,
+    /// Messages queued for subscriptions.
+    pub queued: u64,
+    /// Messages handed out by `next_delivery`.
+    pub delivered: u64,
+    /// Messages dropped because a subscriber's queue was full
+    /// (`queue_messages` / `queue_bytes`).
+    pub dropped: u64,
+    /// Subscribers disconnected as slow consumers.
+    pub disconnected: u64,
+    /// Subscriptions refused (`max_subscriptions`, `max_topic_len`).
+    pub subscriptions_refused: u64,
+}
+
+#[derive(Debug)]
+struct Queued {
+    subscription: u64,
+    topic: Text,
+    payload: Bytes,
+}
+
+impl Queued {
+    fn size(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+#[derive(Debug)]
+struct SubInfo {
+    topic: Text,
+    prefix: bool,
+    policy: SlowConsumerPolicy,
+}
+
+#[derive(Debug, Default)]
+struct Subscriber {
+    subs: IdMap<SubInfo>,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// Lag to report, in the order it happened.
+    lag: VecDeque<(u64, u64)>,
+    announced: bool,
+    disconnected: bool,
+}
+
+impl Subscriber {
+    fn add_lag(&mut self, subscription: u64) {
+        match self.lag.iter_mut().find(|(s, _)| *s == subscription) {
+            Some((_, n)) => *n += 1,
+            None => self.lag.push_back((subscription, 1)),
+        }
+    }
+}
+
+type Routes = HashMap<Text, Vec<(SubscriberId, u64)>>;
+
+/// The pub/sub machine. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    subscribers: HashMap<SubscriberId, Subscriber>,
+    exact: Routes,
+    prefixes: Routes,
+    /// Distinct prefix lengths in use, with how many prefixes have each.
+    prefix_lens: BTreeMap<usize, usize>,
+    events: VecDeque<BrokerEvent>,
+    stats: BrokerStats,
+}
+
+impl Broker {
+    /// An empty broker.
+    pub fn new(config: BrokerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Broker {
+            config,
+            subscribers: HashMap::new(),
+            exact: HashMap::new(),
+            prefixes: HashMap::new(),
+            prefix_lens: BTreeMap::new(),
+            events: VecDeque::new(),
+            stats: BrokerStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &BrokerStats {
+        &self.stats
+    }
+
+    /// Registers a subscriber; false if it already exists.
+    pub fn add_subscriber(&mut self, id: SubscriberId) -> bool {
+        if self.subscribers.contains_key(&id) {
+            return false;
+        }
+        self.subscribers.insert(id, Subscriber::default());
+        true
+    }
+
+    /// Removes a subscriber with its subscriptions and queue; false if unknown.
+    pub fn remove_subscriber(&mut self, id: SubscriberId) -> bool {
+        let Some(sub) = self.subscribers.remove(&id) else { return false };
+        for (sid, info) in sub.subs {
+            self.unroute(id, sid, &info);
+        }
+        true
+    }
+
+    /// Number of subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Number of subscriptions of one subscriber.
+    pub fn subscription_count(&self, id: SubscriberId) -> usize {
+        self.subscribers.get(&id).map_or(0, |s| s.subs.len())
+    }
+
+    /// Messages and bytes queued for one subscriber.
+    pub fn queued(&self, id: SubscriberId) -> (usize, usize) {
+        self.subscribers.get(&id).map_or((0, 0), |s| (s.queue.len(), s.queued_bytes))
+    }
+
+    /// Registers a subscription: `topic` exactly, or every topic starting
+    /// with it when `prefix` (an empty prefix matches everything).
+    pub fn subscribe(
+        &mut self,
+        subscriber: SubscriberId,
+        subscription: SubscriptionId,
+        topic: Text,
+        prefix: bool,
+        policy: SlowConsumerPolicy,
+    ) -> Result<(), BrokerError> {
+        let limit = self.config.max_topic_len;
+        if (topic.is_empty() && !prefix) || topic.len() > limit {
+            self.stats.subscriptions_refused += 1;
+            return Err(BrokerError::InvalidTopic { len: topic.len(), limit });
+        }
+        let Some(s) = self.subscribers.get_mut(&subscriber) else {
+            return Err(BrokerError::UnknownSubscriber(subscriber));
+        };
+        if s.disconnected {
+            return Err(BrokerError::Disconnected(subscriber));
+        }
+        if s.subs.contains_key(&subscription.0) {
+            return Err(BrokerError::DuplicateSubscription { subscriber, subscription });
+        }
+        if s.subs.len() >= self.config.max_subscriptions {
+            self.stats.subscriptions_refused += 1;
+            return Err(BrokerError::TooManySubscriptions { subscriber, limit: self.config.max_subscriptions });
+        }
+        s.subs.insert(subscription.0, SubInfo { topic: topic.clone(), prefix, policy });
+        if prefix {
+            *self.prefix_lens.entry(topic.len()).or_default() += 1;
+            self.prefixes.entry(topic).or_default().push((subscriber, subscription.0));
+        } else {
+            self.exact.entry(topic).or_default().push((subscriber, subscription.0));
+        }
+        Ok(())
+    }
+
+    /// Removes a subscription and any messages still queued for it; false if unknown.
+    pub fn unsubscribe(&mut self, subscriber: SubscriberId, subscription: SubscriptionId) -> bool {
+        let Some(s) = self.subscribers.get_mut(&subscriber) else { return false };
+        let Some(info) = s.subs.remove(&subscription.0) else { return false };
+        let mut freed = 0;
+        s.queue.retain(|q| {
+            let keep = q.subscription != subscription.0;
+            if !keep {
+                freed += q.size();
+            }
+            keep
+        });
+        s.queued_bytes -= freed;
+        s.lag.retain(|(id, _)| *id != subscription.0);
+        self.unroute(subscriber, subscription.0, &info);
+        true
+    }
+
+    fn unroute(&mut self, subscriber: SubscriberId, subscription: u64, info: &SubInfo) {
+        let routes = if info.prefix { &mut self.prefixes } else { &mut self.exact };
+        if let Some(v) = routes.get_mut(info.topic.as_str()) {
+            v.retain(|&(s, id)| !(s == subscriber && id == subscription));
+            if v.is_empty() {
+                routes.remove(info.topic.as_str());
+            }
+        }
+        if info.prefix
+            && let Some(n) = self.prefix_lens.get_mut(&info.topic.len())
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.prefix_lens.remove(&info.topic.len());
+            }
+        }
+    }
+
+    /// Fans a message out to every matching subscription. Never blocks and
+    /// never waits for a subscriber; the payload is shared, not copied.
+    pub fn publish(&mut self, topic: &Text, payload: &Bytes) -> PublishReport {
+        self.stats.published += 1;
+        let mut report = PublishReport::default();
+        let Broker { config, subscribers, exact, prefixes, prefix_lens, events, stats } = self;
+        let mut deliver = |routes: &[(SubscriberId, u64)]| {
+            for &(sid, sub) in routes {
+                if let Some(s) = subscribers.get_mut(&sid) {
+                    enqueue(config, stats, events, &mut report, sid, s, sub, topic, payload);
+                }
+            }
+        };
+        if let Some(r) = exact.get(topic.as_str()) {
+            deliver(r);
+        }
+        for &len in prefix_lens.keys() {
+            if len > topic.len() {
+                break;
+            }
+            if !topic.is_char_boundary(len) {
+                continue;
+            }
+            if let Some(r) = prefixes.get(&topic[..len]) {
+                deliver(r);
+            }
+        }
+        report
+    }
+
+    /// The next item for a subscriber's connection: a lag report first if
+    /// messages were dropped, then messages in publish order.
+    pub fn next_delivery(&mut self, id: SubscriberId) -> Option<Delivery> {
+        let s = self.subscribers.get_mut(&id)?;
+        if let Some((sub, dropped)) = s.lag.pop_front() {
+            return Some(Delivery::Lagged { subscription: SubscriptionId(sub), dropped });
+        }
+        match s.queue.pop_front() {
+            Some(q) => {
+                s.queued_bytes -= q.size();
+                self.stats.delivered += 1;
+                Some(Delivery::Message {
+                    subscription: SubscriptionId(q.subscription),
+                    topic: q.topic,
+                    payload: q.payload,
+                })
+            }
+            None => {
+                s.announced = false;
+                None
+            }
+        }
+    }
+
+    /// Puts back an item [`next_delivery`](Self::next_delivery) returned
+    /// that the connection could not take (it was blocked); it will be the
+    /// next one returned.
+    pub fn return_delivery(&mut self, id: SubscriberId, delivery: Delivery) {
+        let Some(s) = self.subscribers.get_mut(&id) else { return };
+        match delivery {
+            Delivery::Lagged { subscription, dropped } => s.lag.push_front((subscription.0, dropped)),
+            Delivery::Message { subscription, topic, payload } => {
+                if !s.subs.contains_key(&subscription.0) {
+                    return;
+                }
+                let q = Queued { subscription: subscription.0, topic, payload };
+                s.queued_bytes += q.size();
+                s.queue.push_front(q);
+                self.stats.delivered -= 1;
+            }
+        }
+    }
+
+    /// The next request to the code around the broker.
+    pub fn poll_event(&mut self) -> Option<BrokerEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn enqueue(
+    config: &BrokerConfig,
+    stats: &mut BrokerStats,
+    events: &mut VecDeque<BrokerEvent>,
+    report: &mut PublishReport,
+    sid: SubscriberId,
+    s: &mut Subscriber,
+    sub: u64,
+    topic: &Text,
+    payload: &Bytes,
+) {
+    if s.disconnected {
+        return;
+    }
+    let Some(policy) = s.subs.get(&sub).map(|i| i.policy) else { return };
+    let size = payload.len() + topic.len();
+    while !s.queue.is_empty() && (s.queue.len() >= config.queue_messages || s.queued_bytes + size > config.queue_bytes)
+    {
+        let victim_policy = s.queue.front().and_then(|q| s.subs.get(&q.subscription)).map(|i| i.policy);
+        if policy == SlowConsumerPolicy::Disconnect || victim_policy == Some(SlowConsumerPolicy::Disconnect) {
+            let culprit = if policy == SlowConsumerPolicy::Disconnect {
+                sub
+            } else {
+                s.queue.front().map_or(sub, |q| q.subscription)
+            };
+            s.disconnected = true;
+            s.queue.clear();
+            s.queued_bytes = 0;
+            s.lag.clear();
+            stats.disconnected += 1;
+            report.disconnected += 1;
+            events.push_back(BrokerEvent::Disconnect { subscriber: sid, subscription: SubscriptionId(culprit) });
+            return;
+        }
+        if let Some(old) = s.queue.pop_front() {
+            s.queued_bytes -= old.size();
+            s.add_lag(old.subscription);
+            stats.dropped += 1;
+            report.dropped += 1;
+        }
+    }
+    s.queued_bytes += size;
+    s.queue.push_back(Queued { subscription: sub, topic: topic.clone(), payload: payload.clone() });
+    stats.queued += 1;
+    report.queued += 1;
+    if !s.announced {
+        s.announced = true;
+        events.push_back(BrokerEvent::Ready(sid));
+    }
+}

@@ -1,0 +1,138 @@
+//! The outbound queue: a deque of `Bytes` chunks ready for vectored writes.
+//!
+//! Frame headers and small payloads are appended to one growing buffer
+//! (`open`) so that many small frames become one contiguous chunk; large
+//! payloads are queued as their own chunk without copying. Splitting `open`
+//! leaves its spare capacity in place, and once the written chunks are
+//! dropped that capacity is reclaimed, so the steady state allocates nothing.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::wire::{Frame, HEADER_LEN};
+
+/// Payloads up to this size are copied next to their header.
+const COPY_MAX: usize = 1024;
+/// Minimum growth of the coalescing buffer.
+const OPEN_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Default)]
+pub(crate) struct SendQueue {
+    chunks: VecDeque<Bytes>,
+    open: BytesMut,
+    len: usize,
+}
+
+impl SendQueue {
+    /// Unwritten bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn reserve(&mut self, n: usize) {
+        if self.open.capacity() - self.open.len() < n {
+            self.open.reserve(n.max(OPEN_CHUNK));
+        }
+    }
+
+    pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        self.open.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Queues `frame`, whose body length `body_len` was computed (and
+    /// validated) by the caller.
+    pub(crate) fn push_frame(&mut self, frame: &Frame, body_len: u32) {
+        let tail = frame.tail().filter(|t| !t.is_empty());
+        let head_len = HEADER_LEN + body_len as usize - tail.map_or(0, |t| t.len());
+        match tail {
+            Some(t) if t.len() > COPY_MAX => {
+                self.reserve(head_len);
+                frame.encode_head(body_len, &mut self.open);
+                self.seal();
+                self.chunks.push_back(t.clone());
+            }
+            Some(t) => {
+                self.reserve(head_len + t.len());
+                frame.encode_head(body_len, &mut self.open);
+                self.open.extend_from_slice(t);
+            }
+            None => {
+                self.reserve(head_len);
+                frame.encode_head(body_len, &mut self.open);
+            }
+        }
+        self.len += HEADER_LEN + body_len as usize;
+    }
+
+    /// Moves the coalescing buffer's contents into the chunk queue.
+    fn seal(&mut self) {
+        if !self.open.is_empty() {
+            self.chunks.push_back(self.open.split().freeze());
+        }
+    }
+
+    /// Fills `out` with the queued chunks, front first; returns how many.
+    pub(crate) fn slices<'a>(&'a mut self, out: &mut [IoSlice<'a>]) -> usize {
+        self.seal();
+        let mut n = 0;
+        for (slot, chunk) in out.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(chunk);
+            n += 1;
+        }
+        n
+    }
+
+    /// Removes the front chunk whole.
+    pub(crate) fn pop(&mut self) -> Option<Bytes> {
+        self.seal();
+        let c = self.chunks.pop_front()?;
+        self.len -= c.len();
+        Some(c)
+    }
+
+    /// Drops `n` written bytes from the front.
+    pub(crate) fn advance(&mut self, mut n: usize) {
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                // Bytes still in `open` (the caller wrote without asking for
+                // slices first): only possible if chunks is empty.
+                self.open.advance(n);
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Drops everything (the peer will never read it).
+    pub(crate) fn clear(&mut self) {
+        self.chunks.clear();
+        self.open.clear();
+        self.len = 0;
+    }
+
+    /// Copies out everything queued, without consuming it (tests).
+    #[cfg(test)]
+    pub(crate) fn peek_all(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            v.extend_from_slice(c);
+        }
+        v.extend_from_slice(&self.open);
+        v
+    }
+}
