@@ -54,7 +54,6 @@ pub struct SubscriberId(pub u64);
 
 /// Limits of a [`Broker`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct BrokerConfig {
     /// Messages queued per subscriber. Default 1024.
     pub queue_messages: usize,

@@ -9,6 +9,10 @@ use crate::wire::MAX_FRAME_SIZE_CEILING;
 /// Smallest keepalive interval a server will agree to.
 pub const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
 
+/// Longest timeout accepted anywhere (365 days); longer call timeouts are
+/// shortened to this, longer configured ones are refused.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Limits and timeouts of one connection. Each side enforces its own limits
 /// on what it receives and announces them in the handshake, so a
 /// well-behaved peer never exceeds them and the local API refuses (with
@@ -17,7 +21,6 @@ pub const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
 /// Defaults follow `reliability-security.md` §1 of the design notes; each
 /// field's documentation states its default.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Config {
     /// Name sent in the handshake (client name or server name), for the
     /// peer's logs. Default: empty. At most 1024 bytes.
@@ -109,6 +112,18 @@ impl Config {
         }
         if self.max_handshake_size < 1024 || self.max_handshake_size > MAX_FRAME_SIZE_CEILING {
             return Err(err("max_handshake_size", self.max_handshake_size, "must be in 1024..=134217728"));
+        }
+        for (field, d) in [
+            ("handshake_timeout", Some(self.handshake_timeout)),
+            ("close_timeout", Some(self.close_timeout)),
+            ("write_stall_timeout", Some(self.write_stall_timeout)),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if let Some(d) = d
+                && d > MAX_TIMEOUT
+            {
+                return Err(err(field, format!("{d:?}"), "must be at most 365 days"));
+            }
         }
         if self.handshake_timeout.is_zero() {
             return Err(err("handshake_timeout", "0", "must be positive"));

@@ -150,7 +150,7 @@ pub enum ProtocolError {
 #[non_exhaustive]
 pub enum ConnectionError {
     /// The server refused the handshake.
-    #[error("handshake rejected by the server: {reason} ({code})")]
+    #[error("handshake rejected by the server ({code}): {reason}")]
     Rejected {
         /// Why.
         code: Code,
@@ -175,7 +175,7 @@ pub enum ConnectionError {
     #[error("peer violated the protocol: {0}")]
     Protocol(#[from] ProtocolError),
     /// The peer said goodbye.
-    #[error("peer closed the connection: {message} ({code})")]
+    #[error("peer closed the connection ({code}): {message}")]
     PeerClosed {
         /// The peer's reason code.
         code: Code,
@@ -185,7 +185,7 @@ pub enum ConnectionError {
         reconnect_after: Option<Duration>,
     },
     /// We closed the connection (graceful close or abort).
-    #[error("connection closed locally: {message} ({code})")]
+    #[error("connection closed locally ({code}): {message}")]
     LocallyClosed {
         /// Our reason code.
         code: Code,

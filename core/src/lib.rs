@@ -32,7 +32,7 @@ mod text;
 pub mod wire;
 
 pub use bytes::{Bytes, BytesMut};
-pub use config::{Config, MIN_KEEPALIVE};
+pub use config::{Config, MAX_TIMEOUT, MIN_KEEPALIVE};
 pub use conn::{CallOptions, Connection, Role, SubscribeOptions, Timeout};
 pub use error::{AckError, CallError, ConfigError, ConnectionError, ProtocolError, SendError};
 pub use event::{

@@ -300,7 +300,7 @@ impl fmt::Debug for Code {
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
-            Some(n) => write!(f, "{} ({})", n.to_ascii_lowercase().replace('_', " "), self.0),
+            Some(n) => f.write_str(n),
             None => write!(f, "code {}", self.0),
         }
     }

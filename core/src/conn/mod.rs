@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::config::{Config, duration_ms};
+use crate::config::{Config, MAX_TIMEOUT, duration_ms};
 use crate::error::{AckError, CallError, ConfigError, ConnectionError, ProtocolError, SendError};
 use crate::event::{CancelReason, Connected, Event, PeerLimits, PublishId, RequestId, SubscriptionId};
 use crate::stats::Stats;
@@ -856,14 +856,16 @@ impl Connection {
         let timeout = match options.timeout {
             Timeout::Default if options.kind == CallKind::Unary => self.config.request_timeout,
             Timeout::Default | Timeout::Never => None,
-            Timeout::After(d) => Some(d),
+            Timeout::After(d) => Some(d.min(MAX_TIMEOUT)),
         };
         let id = self.next_op;
         let frame = Frame::Request(Request {
             id,
             kind: options.kind,
             method,
-            deadline_ms: timeout.map(duration_ms),
+            // Beyond what a u32 of milliseconds holds (49 days), the callee
+            // gets no deadline; the caller still enforces its own.
+            deadline_ms: timeout.map(duration_ms).filter(|&ms| ms != u32::MAX),
             trace_id: options.trace_id,
             metadata: options.metadata,
             payload,
@@ -1557,11 +1559,6 @@ impl Connection {
     /// The frame size limit in force for what we receive.
     fn frame_limit(&self) -> u32 {
         if self.is_established() { self.config.max_frame_size } else { self.config.max_handshake_size }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn peek_transmit(&self) -> Vec<u8> {
-        self.out.peek_all()
     }
 }
 

@@ -124,15 +124,4 @@ impl SendQueue {
         self.open.clear();
         self.len = 0;
     }
-
-    /// Copies out everything queued, without consuming it (tests).
-    #[cfg(test)]
-    pub(crate) fn peek_all(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.len);
-        for c in &self.chunks {
-            v.extend_from_slice(c);
-        }
-        v.extend_from_slice(&self.open);
-        v
-    }
 }
