@@ -1,0 +1,129 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Why an endpoint could not be named, bound or reached. Every variant names
+/// the path, pipe or address involved and, where one applies, the limit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A Unix socket path is too long for `sockaddr_un`.
+    #[error(
+        "Unix socket path {path:?} is {len} bytes; on this OS it must be shorter than {limit} bytes \
+         (use a shorter directory, or a relative path)"
+    )]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// `sizeof(sun_path)` on this OS (the path needs one byte less, for the NUL).
+        limit: usize,
+    },
+    /// An endpoint string or short name is not acceptable.
+    #[error("invalid endpoint {input:?}: {reason}")]
+    InvalidName {
+        /// What was given.
+        input: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A live server already listens on this path; it is never displaced.
+    #[error("a server is already listening on {path:?}")]
+    AddrInUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another process holds the bind lock (it is starting or serving).
+    #[error("another server holds the lock {lock:?} for {path:?}")]
+    Locked {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// Something that is not a socket sits at the path; it is never removed.
+    #[error("{path:?} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A directory on the way is not safe to put a socket in.
+    #[error("unsafe directory {path:?} for a socket: {reason}")]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Nothing listens at the endpoint.
+    #[error("no server at {endpoint}: {source}")]
+    NotFound {
+        /// The endpoint.
+        endpoint: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The endpoint exists but refused the connection (a stale socket file).
+    #[error("connection refused at {endpoint} (a stale socket from a server that exited?): {source}")]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Every named-pipe instance stayed busy until the deadline.
+    #[error("all instances of pipe {pipe:?} stayed busy for {waited:?}")]
+    PipeBusy {
+        /// The pipe name.
+        pipe: String,
+        /// How long we retried.
+        waited: std::time::Duration,
+    },
+    /// A TCP listener would be reachable from other machines.
+    #[error(
+        "refusing to listen on non-loopback address {addr}: TCP carries no credentials; \
+         opt in explicitly (TcpOptions::allow_remote) and require an auth token"
+    )]
+    NonLoopback {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
+    /// Any other I/O failure, with the endpoint it concerns.
+    #[error("{op} {endpoint}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The endpoint or path.
+        endpoint: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl TransportError {
+    pub(crate) fn io(op: &'static str, endpoint: impl std::fmt::Display, source: io::Error) -> Self {
+        TransportError::Io { op, endpoint: endpoint.to_string(), source }
+    }
+
+    /// The closest [`io::ErrorKind`].
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            TransportError::PathTooLong { .. } | TransportError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+            TransportError::AddrInUse { .. } | TransportError::Locked { .. } => io::ErrorKind::AddrInUse,
+            TransportError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
+            TransportError::UnsafeDirectory { .. } | TransportError::NonLoopback { .. } => {
+                io::ErrorKind::PermissionDenied
+            }
+            TransportError::NotFound { .. } => io::ErrorKind::NotFound,
+            TransportError::Refused { .. } => io::ErrorKind::ConnectionRefused,
+            TransportError::PipeBusy { .. } => io::ErrorKind::TimedOut,
+            TransportError::Io { source, .. } => source.kind(),
+        }
+    }
+}
+
+impl From<TransportError> for io::Error {
+    fn from(e: TransportError) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}

@@ -1,0 +1,88 @@
+//! # wharf-transport
+//!
+//! The operating-system side of wharf, with no async runtime: what every
+//! adapter (tokio, smol, async-std, mio) needs and must not write twice.
+//!
+//! - [`Endpoint`]: Unix socket paths, Windows pipe names, TCP addresses and
+//!   portable short names that map to a per-user private directory (Unix)
+//!   or a per-user pipe name (Windows), with typed errors for names the OS
+//!   would refuse or truncate ([`check_unix_path`]).
+//! - [`bind_unix`] (Unix): mode 0600 before the socket is reachable, a lock
+//!   so two servers never race, a live server never displaced, a stale file
+//!   left by a crashed server reclaimed; [`peer_credentials`] read from the
+//!   kernel at accept time.
+//! - [`bind_tcp`]: loopback-only unless the caller opts in.
+//! - [`PipeRetry`]: the bounded retry policy for busy named pipes.
+
+#![deny(missing_docs)]
+
+mod endpoint;
+mod error;
+mod tcp;
+#[cfg(unix)]
+mod unix;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[cfg(unix)]
+pub use endpoint::runtime_dir;
+pub use endpoint::{Endpoint, MAX_PIPE_NAME, PIPE_PREFIX, SUN_PATH_LEN, check_unix_path};
+pub use error::TransportError;
+pub use tcp::{TcpOptions, bind_tcp, configure_tcp_stream, resolve};
+#[cfg(unix)]
+pub use unix::{SocketFileGuard, UnixBindOptions, bind_unix, lock_path, peer_credentials};
+
+/// Typed errors for failed connects.
+pub mod connect_error {
+    pub use crate::tcp::connect_error as tcp;
+    #[cfg(unix)]
+    pub use crate::unix::connect_error as unix;
+}
+
+/// Who is at the other end, as the kernel reports it at accept time. Which
+/// fields are known depends on the transport and OS: uid/gid (Unix
+/// sockets), pid (Linux Unix sockets, Windows pipes), address (TCP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// User id.
+    pub uid: Option<u32>,
+    /// Group id.
+    pub gid: Option<u32>,
+    /// Process id (advisory: ids are reused).
+    pub pid: Option<u32>,
+    /// Remote address (TCP).
+    pub addr: Option<SocketAddr>,
+}
+
+/// Retry policy for `ERROR_PIPE_BUSY` (every pipe instance taken): retry
+/// with growing pauses, never past the caller's deadline.
+#[derive(Clone, Debug)]
+pub struct PipeRetry {
+    start: Instant,
+    deadline: Instant,
+    attempt: u32,
+}
+
+impl PipeRetry {
+    /// Retries until `timeout` has passed since `now`.
+    pub fn new(now: Instant, timeout: Duration) -> PipeRetry {
+        PipeRetry { start: now, deadline: now + timeout, attempt: 0 }
+    }
+
+    /// How long to wait before the next attempt, or `None` when the
+    /// deadline leaves no room for another one.
+    pub fn next_delay(&mut self, now: Instant) -> Option<Duration> {
+        if now >= self.deadline {
+            return None;
+        }
+        let step = Duration::from_millis(1u64 << self.attempt.min(6)).min(Duration::from_millis(50));
+        self.attempt += 1;
+        Some(step.min(self.deadline - now))
+    }
+
+    /// Time spent so far.
+    pub fn waited(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.start)
+    }
+}

@@ -1,0 +1,60 @@
+//! TCP: loopback-only listeners unless the caller opts in.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::error::TransportError;
+
+/// How to bind a TCP listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Allow an address other than loopback. TCP carries no peer
+    /// credentials, so a server that allows remote peers must authenticate
+    /// them (the handshake's auth payload). Default false.
+    pub allow_remote: bool,
+}
+
+/// Resolves `addr` (`host:port`).
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, TransportError> {
+    let addrs: Vec<SocketAddr> =
+        addr.to_socket_addrs().map_err(|e| TransportError::io("resolve", format!("tcp:{addr}"), e))?.collect();
+    if addrs.is_empty() {
+        return Err(TransportError::InvalidName { input: addr.to_string(), reason: "resolves to no address" });
+    }
+    Ok(addrs)
+}
+
+/// Binds a listener on the first address `addr` resolves to, refusing a
+/// non-loopback address unless `options.allow_remote`.
+pub fn bind_tcp(addr: &str, options: &TcpOptions) -> Result<TcpListener, TransportError> {
+    let addrs = resolve(addr)?;
+    if !options.allow_remote
+        && let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback())
+    {
+        return Err(TransportError::NonLoopback { addr: *bad });
+    }
+    let a = addrs[0];
+    let endpoint = format!("tcp:{a}");
+    let socket = Socket::new(Domain::for_address(a), Type::STREAM, None)
+        .map_err(|e| TransportError::io("create socket for", &endpoint, e))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true).map_err(|e| TransportError::io("set SO_REUSEADDR on", &endpoint, e))?;
+    socket.bind(&a.into()).map_err(|e| TransportError::io("bind", &endpoint, e))?;
+    socket.listen(1024).map_err(|e| TransportError::io("listen on", &endpoint, e))?;
+    Ok(socket.into())
+}
+
+/// Applies wharf's stream settings (no Nagle delay: wharf coalesces itself).
+pub fn configure_tcp_stream(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)
+}
+
+/// Maps a failed connect to a typed error naming the address.
+pub fn connect_error(addr: &str, e: std::io::Error) -> TransportError {
+    let endpoint = format!("tcp:{addr}");
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => TransportError::Refused { endpoint, source: e },
+        _ => TransportError::Io { op: "connect to", endpoint, source: e },
+    }
+}

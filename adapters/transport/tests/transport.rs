@@ -1,0 +1,235 @@
+//! wharf-transport against the real OS: files, modes, locks, sockets.
+
+use std::time::{Duration, Instant};
+
+use wharf_transport::{Endpoint, PipeRetry, TcpOptions, TransportError, bind_tcp};
+
+#[test]
+fn endpoint_strings_round_trip() {
+    for s in ["unix:/run/app.sock", "tcp:127.0.0.1:4000", r"pipe:\\.\pipe\app"] {
+        let e: Endpoint = s.parse().unwrap();
+        assert_eq!(e.to_string(), s);
+    }
+    assert_eq!(Endpoint::parse("pipe:app").unwrap(), Endpoint::Pipe(r"\\.\pipe\app".into()));
+    assert_eq!(Endpoint::parse("./rel/app.sock").unwrap(), Endpoint::unix("./rel/app.sock"));
+    assert!(matches!(Endpoint::parse("tcp:nohost"), Err(TransportError::InvalidName { .. })));
+    assert!(matches!(Endpoint::parse("unix:"), Err(TransportError::InvalidName { .. })));
+}
+
+#[test]
+fn short_names_are_validated() {
+    for bad in ["", ".hidden", "a/b", "white space", &"x".repeat(65)] {
+        assert!(matches!(Endpoint::named(bad), Err(TransportError::InvalidName { .. })), "{bad:?} accepted");
+    }
+    assert!(Endpoint::pipe(&"p".repeat(300)).is_err());
+    assert!(Endpoint::pipe(r"a\b").is_err());
+}
+
+#[cfg(unix)]
+#[test]
+fn named_endpoint_lives_in_the_private_runtime_dir() {
+    let e = Endpoint::named("my-app").unwrap();
+    let Endpoint::Unix(path) = e else { panic!("not a unix endpoint: {e:?}") };
+    assert_eq!(path.parent().unwrap(), wharf_transport::runtime_dir().unwrap());
+    assert!(path.ends_with("my-app.sock"));
+    assert!(path.as_os_str().len() < wharf_transport::SUN_PATH_LEN);
+}
+
+#[test]
+fn busy_pipe_retry_never_passes_the_deadline() {
+    let t0 = Instant::now();
+    let mut r = PipeRetry::new(t0, Duration::from_millis(100));
+    let mut now = t0;
+    let mut total = Duration::ZERO;
+    while let Some(d) = r.next_delay(now) {
+        assert!(d > Duration::ZERO && d <= Duration::from_millis(50));
+        now += d;
+        total += d;
+    }
+    assert_eq!(total, Duration::from_millis(100));
+    assert_eq!(r.waited(now), Duration::from_millis(100));
+}
+
+#[test]
+fn tcp_refuses_non_loopback_unless_allowed() {
+    match bind_tcp("0.0.0.0:0", &TcpOptions::default()) {
+        Err(TransportError::NonLoopback { addr }) => assert!(addr.ip().is_unspecified()),
+        other => panic!("expected NonLoopback, got {other:?}"),
+    }
+    let l = bind_tcp("127.0.0.1:0", &TcpOptions::default()).unwrap();
+    assert!(l.local_addr().unwrap().ip().is_loopback());
+    let l = bind_tcp("0.0.0.0:0", &TcpOptions { allow_remote: true }).unwrap();
+    assert!(l.local_addr().unwrap().ip().is_unspecified());
+}
+
+#[cfg(unix)]
+mod unix {
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt, symlink};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::PathBuf;
+
+    use wharf_transport::{TransportError, UnixBindOptions, bind_unix, check_unix_path, lock_path, peer_credentials};
+
+    fn dir() -> tempfile::TempDir {
+        let d = tempfile::Builder::new().prefix("wt").tempdir_in("/tmp").unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
+
+    #[test]
+    fn too_long_path_names_path_and_limit() {
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(200)));
+        match check_unix_path(&long) {
+            Err(e @ TransportError::PathTooLong { .. }) => {
+                let TransportError::PathTooLong { len, limit, .. } = &e else { unreachable!() };
+                assert_eq!(*len, 205);
+                assert_eq!(*limit, wharf_transport::SUN_PATH_LEN);
+                let msg = e.to_string();
+                assert!(msg.contains("xxxx") && msg.contains(&limit.to_string()), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(bind_unix(&long, &UnixBindOptions::default()), Err(TransportError::PathTooLong { .. })));
+    }
+
+    #[test]
+    fn socket_is_0600_as_soon_as_bind_returns_and_is_removed_on_drop() {
+        let d = dir();
+        let p = d.path().join("s.sock");
+        let (listener, guard) = bind_unix(&p, &UnixBindOptions::default()).unwrap();
+        let meta = fs::symlink_metadata(&p).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let _c = UnixStream::connect(&p).unwrap();
+        let (_s, _) = listener.accept().unwrap();
+        drop(listener);
+        drop(guard);
+        assert!(!p.exists(), "socket file left behind");
+    }
+
+    #[test]
+    fn a_live_server_is_never_displaced() {
+        let d = dir();
+        let p = d.path().join("live.sock");
+        // A live server that is not wharf (no lock file held).
+        let _other = UnixListener::bind(&p).unwrap();
+        match bind_unix(&p, &UnixBindOptions::default()) {
+            Err(TransportError::AddrInUse { path }) => assert_eq!(path, p),
+            other => panic!("{other:?}"),
+        }
+        assert!(UnixStream::connect(&p).is_ok(), "the live server lost its socket");
+    }
+
+    #[test]
+    fn two_servers_exactly_one_wins_via_the_lock() {
+        let d = dir();
+        let p = d.path().join("race.sock");
+        let first = bind_unix(&p, &UnixBindOptions::default()).unwrap();
+        match bind_unix(&p, &UnixBindOptions::default()) {
+            Err(TransportError::Locked { lock, .. }) => assert_eq!(lock, lock_path(&p)),
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        // Once released, the next server binds.
+        let _second = bind_unix(&p, &UnixBindOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn concurrent_binds_from_threads_exactly_one_wins() {
+        let d = dir();
+        let p = d.path().join("many.sock");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (p, b) = (p.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    bind_unix(&p, &UnixBindOptions::default())
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "{results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, TransportError::Locked { .. } | TransportError::AddrInUse { .. }), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn stale_socket_from_a_dead_server_is_reclaimed() {
+        let d = dir();
+        let p = d.path().join("stale.sock");
+        drop(UnixListener::bind(&p).unwrap()); // std leaves the file behind
+        assert!(p.exists());
+        let (_l, _g) = bind_unix(&p, &UnixBindOptions::default()).unwrap();
+        assert!(UnixStream::connect(&p).is_ok());
+        // Without reclaim, the same situation is refused.
+        let p2 = d.path().join("stale2.sock");
+        drop(UnixListener::bind(&p2).unwrap());
+        let opts = UnixBindOptions { reclaim_stale: false, ..Default::default() };
+        assert!(matches!(bind_unix(&p2, &opts), Err(TransportError::AddrInUse { .. })));
+    }
+
+    #[test]
+    fn something_that_is_not_a_socket_is_left_alone() {
+        let d = dir();
+        let p = d.path().join("file.sock");
+        fs::write(&p, b"precious").unwrap();
+        assert!(matches!(bind_unix(&p, &UnixBindOptions::default()), Err(TransportError::NotASocket { .. })));
+        assert_eq!(fs::read(&p).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn unsafe_directories_are_refused() {
+        let d = dir();
+        let open = d.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            bind_unix(&open.join("s.sock"), &UnixBindOptions::default()),
+            Err(TransportError::UnsafeDirectory { .. })
+        ));
+        let link = d.path().join("link");
+        symlink(d.path(), &link).unwrap();
+        assert!(matches!(
+            bind_unix(&link.join("s.sock"), &UnixBindOptions::default()),
+            Err(TransportError::UnsafeDirectory { .. })
+        ));
+        // A missing parent is created private.
+        let fresh = d.path().join("fresh");
+        let (_l, _g) = bind_unix(&fresh.join("s.sock"), &UnixBindOptions::default()).unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn drop_does_not_remove_a_successors_socket() {
+        let d = dir();
+        let p = d.path().join("succ.sock");
+        let (l, g) = bind_unix(&p, &UnixBindOptions::default()).unwrap();
+        drop(l);
+        fs::remove_file(&p).unwrap();
+        let _other = UnixListener::bind(&p).unwrap();
+        drop(g);
+        assert!(p.exists(), "the guard removed a file it did not create");
+    }
+
+    #[test]
+    fn peer_credentials_come_from_the_kernel() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let who = peer_credentials(&a).unwrap();
+        assert_eq!(who.uid, Some(rustix_uid()));
+        #[cfg(target_os = "linux")]
+        assert_eq!(who.pid, Some(std::process::id()));
+    }
+
+    fn rustix_uid() -> u32 {
+        // Compare with the uid std reports for a file we create.
+        use std::os::unix::fs::MetadataExt;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        fs::metadata(f.path()).unwrap().uid()
+    }
+}
