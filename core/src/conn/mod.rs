@@ -525,6 +525,7 @@ impl Connection {
         }
         self.recv.extend_from_slice(data);
         self.stats.bytes_received += data.len() as u64;
+        self.note_received(data.len());
         self.process_input();
     }
 
@@ -556,6 +557,7 @@ impl Connection {
             self.recv.clear();
             return;
         }
+        self.note_received(appended);
         self.process_input();
     }
 
@@ -659,6 +661,15 @@ impl Connection {
                 self.remove_incoming(id);
                 self.emit(Event::CallCancelled { id: RequestId(id), reason: CancelReason::DeadlineExceeded });
             }
+        }
+    }
+
+    /// Any byte from the peer proves it alive (a large frame may take a
+    /// while to arrive whole).
+    fn note_received(&mut self, n: usize) {
+        if n > 0 && self.is_established() {
+            self.last_recv = self.now;
+            self.keepalive_outstanding = false;
         }
     }
 
