@@ -441,15 +441,19 @@ impl Broker {
     pub fn return_delivery(&mut self, id: SubscriberId, delivery: Delivery) {
         let Some(s) = self.subscribers.get_mut(&id) else { return };
         match delivery {
-            Delivery::Lagged { subscription, dropped } => s.lag.push_front((subscription.0, dropped)),
+            Delivery::Lagged { subscription, dropped } => {
+                if s.subs.contains_key(&subscription.0) {
+                    s.lag.push_front((subscription.0, dropped));
+                }
+            }
             Delivery::Message { subscription, topic, payload } => {
+                self.stats.delivered -= 1;
                 if !s.subs.contains_key(&subscription.0) {
                     return;
                 }
                 let q = Queued { subscription: subscription.0, topic, payload };
                 s.queued_bytes += q.size();
                 s.queue.push_front(q);
-                self.stats.delivered -= 1;
             }
         }
     }

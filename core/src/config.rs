@@ -29,7 +29,8 @@ pub struct Config {
     /// allocation. Default 16 MiB; at most 128 MiB.
     pub max_frame_size: u32,
     /// Largest HELLO (and so auth payload) a server accepts, and the frame
-    /// limit in force until the handshake completes. Default 64 KiB.
+    /// limit in force until the handshake completes. Default 64 KiB; at
+    /// least 4 KiB.
     pub max_handshake_size: u32,
     /// Time from creation until the handshake must be complete. Default 10 s.
     pub handshake_timeout: Duration,
@@ -110,8 +111,10 @@ impl Config {
         if self.max_frame_size < 1024 || self.max_frame_size > MAX_FRAME_SIZE_CEILING {
             return Err(err("max_frame_size", self.max_frame_size, "must be in 1024..=134217728 (128 MiB)"));
         }
-        if self.max_handshake_size < 1024 || self.max_handshake_size > MAX_FRAME_SIZE_CEILING {
-            return Err(err("max_handshake_size", self.max_handshake_size, "must be in 1024..=134217728"));
+        // A WELCOME or REJECT carries a name or reason of up to 1024 bytes;
+        // 4 KiB leaves room for them and a modest auth payload.
+        if self.max_handshake_size < 4096 || self.max_handshake_size > MAX_FRAME_SIZE_CEILING {
+            return Err(err("max_handshake_size", self.max_handshake_size, "must be in 4096..=134217728"));
         }
         for (field, d) in [
             ("handshake_timeout", Some(self.handshake_timeout)),

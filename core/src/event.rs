@@ -269,17 +269,30 @@ pub enum Event {
 }
 
 impl Event {
-    /// Received payload bytes this event holds (counted against
-    /// `max_inbound_buffered` until the event is polled).
+    /// Fixed cost charged per queued event, so that events without payload
+    /// (empty notifications, acknowledgements) are bounded too.
+    pub(crate) const OVERHEAD: usize = 64;
+
+    /// Bytes this event holds while queued (counted against
+    /// `max_inbound_buffered` until the event is polled): its payload and
+    /// received strings, plus [`OVERHEAD`](Self::OVERHEAD).
     pub(crate) fn held_bytes(&self) -> usize {
-        match self {
-            Event::Request(c) => c.payload.len(),
-            Event::Notification(n) => n.payload.len(),
-            Event::StreamData { payload, .. } | Event::Publish { payload, .. } | Event::Message { payload, .. } => {
-                payload.len()
+        let meta = |m: &Metadata| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        Self::OVERHEAD
+            + match self {
+                Event::Request(c) => c.payload.len() + c.method.len() + meta(&c.metadata),
+                Event::Notification(n) => n.payload.len() + n.method.len() + meta(&n.metadata),
+                Event::StreamData { payload, .. } => payload.len(),
+                Event::Publish { payload, topic, .. } | Event::Message { payload, topic, .. } => {
+                    payload.len() + topic.len()
+                }
+                Event::Subscribe { topic, .. } => topic.len(),
+                Event::Response { result: Ok(p), .. } => p.len(),
+                Event::Response { result: Err(CallError::Remote { message, data, .. }), .. } => {
+                    message.len() + data.len()
+                }
+                Event::HandshakeRequest(h) => h.auth.len() + h.client_name.len(),
+                _ => 0,
             }
-            Event::Response { result: Ok(p), .. } => p.len(),
-            _ => 0,
-        }
     }
 }

@@ -474,7 +474,8 @@ impl Connection {
     }
 
     /// Whether the driver should read more input. False while undelivered
-    /// events hold [`Config::max_inbound_buffered`] bytes, while twice
+    /// events hold [`Config::max_inbound_buffered`] bytes (payloads and
+    /// strings, plus a fixed 64 bytes per event), while twice
     /// [`Config::max_outbound_buffered`] bytes wait to be written (the peer
     /// is not reading what we send), and once the connection has ended.
     pub fn wants_read(&self) -> bool {
@@ -508,7 +509,7 @@ impl Connection {
         self.subs.len()
     }
 
-    /// Received payload bytes held by undelivered events.
+    /// Bytes held by undelivered events (payloads and strings, plus 64 per event).
     pub fn inbound_buffered(&self) -> usize {
         self.event_bytes
     }
@@ -768,6 +769,9 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front()?;
         self.event_bytes -= e.held_bytes();
+        if self.read_paused && self.wants_read() {
+            self.read_paused = false;
+        }
         Some(e)
     }
 
