@@ -15,12 +15,15 @@
 //! - [`PipeRetry`]: the bounded retry policy for busy named pipes.
 
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod endpoint;
 mod error;
 mod tcp;
 #[cfg(unix)]
 mod unix;
+#[cfg(windows)]
+mod windows;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,7 +34,9 @@ pub use endpoint::{Endpoint, MAX_PIPE_NAME, PIPE_PREFIX, SUN_PATH_LEN, check_uni
 pub use error::TransportError;
 pub use tcp::{TcpOptions, bind_tcp, configure_tcp_stream, resolve};
 #[cfg(unix)]
-pub use unix::{SocketFileGuard, UnixBindOptions, bind_unix, lock_path, peer_credentials};
+pub use unix::{SocketFileGuard, bind_unix, lock_path, peer_credentials};
+#[cfg(windows)]
+pub use windows::{ERROR_PIPE_BUSY, pipe_client_identity, pipe_server_identity};
 
 /// Typed errors for failed connects.
 pub mod connect_error {
@@ -84,5 +89,27 @@ impl PipeRetry {
     /// Time spent so far.
     pub fn waited(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.start)
+    }
+}
+
+/// How to bind a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixBindOptions {
+    /// Permission bits of the socket file, in force before any client can
+    /// connect. Default `0o600` (owner only).
+    pub mode: u32,
+    /// `listen` backlog. Default 1024.
+    pub backlog: i32,
+    /// Remove a stale socket file (one nobody listens on) left by a server
+    /// that died. A live server is never displaced. Default true.
+    pub reclaim_stale: bool,
+    /// Create the parent directory (mode 0700) if it is missing; only the
+    /// last component is created. Default true.
+    pub create_parent: bool,
+}
+
+impl Default for UnixBindOptions {
+    fn default() -> Self {
+        UnixBindOptions { mode: 0o600, backlog: 1024, reclaim_stale: true, create_parent: true }
     }
 }

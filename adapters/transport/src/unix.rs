@@ -10,31 +10,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FlockOperation, flock};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::PeerIdentity;
 use crate::endpoint::check_unix_path;
 use crate::error::TransportError;
-
-/// How to bind a Unix socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnixBindOptions {
-    /// Permission bits of the socket file, in force before any client can
-    /// connect. Default `0o600` (owner only).
-    pub mode: u32,
-    /// `listen` backlog. Default 1024.
-    pub backlog: i32,
-    /// Remove a stale socket file (one nobody listens on) left by a server
-    /// that died. A live server is never displaced. Default true.
-    pub reclaim_stale: bool,
-    /// Create the parent directory (mode 0700) if it is missing; only the
-    /// last component is created. Default true.
-    pub create_parent: bool,
-}
-
-impl Default for UnixBindOptions {
-    fn default() -> Self {
-        UnixBindOptions { mode: 0o600, backlog: 1024, reclaim_stale: true, create_parent: true }
-    }
-}
+use crate::{PeerIdentity, UnixBindOptions};
 
 /// Keeps a bound socket's file and lock: removes the socket file on drop
 /// (only if it is still the one we created) and releases the lock.

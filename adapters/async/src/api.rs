@@ -1,0 +1,467 @@
+//! [`Session`]: what an application does with one live connection.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wharf_core::{
+    CallKind, CallOptions, Code, ConnectionError, PublishId, SendError, Stats, SubscribeOptions, SubscriptionId, Text,
+};
+use wharf_transport::PeerIdentity;
+
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::session::{AckSlot, Goodbye, Inner, OutSlot, SubItem, SubSlot};
+use crate::stream::{CallGuard, Receiver, ResponseFuture, Sender, poll_outcome};
+
+/// One live connection, client or server side. Cheap to clone; every clone
+/// drives the same connection. The connection stays up while its driver
+/// runs, not while handles exist: close it with [`close`](Self::close).
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// A client is a session it opened itself.
+pub type Client = Session;
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("connection_id", &self.connection_id())
+            .field("peer", &self.inner.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The id the server gave this connection.
+    pub fn connection_id(&self) -> u64 {
+        self.inner.lock().conn.connection_id()
+    }
+
+    /// The peer's name from the handshake.
+    pub fn peer_name(&self) -> Option<Text> {
+        self.inner.lock().connected.as_ref().map(|c| c.peer_name.clone())
+    }
+
+    /// Who is at the other end, as the kernel reported it.
+    pub fn peer(&self) -> PeerIdentity {
+        self.inner.peer
+    }
+
+    /// The codec typed calls from this side use.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
+    /// The core connection's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.lock().conn.stats().clone()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed.is_some()
+    }
+
+    /// What the peer said when it started closing, if it did.
+    pub fn goodbye(&self) -> Option<Goodbye> {
+        self.inner.lock().goodbye.clone()
+    }
+
+    fn options(&self, mut opts: CallOptions, kind: CallKind) -> CallOptions {
+        opts.kind = kind;
+        self.inner.codec.tag(&mut opts.metadata);
+        opts
+    }
+
+    async fn start(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<u64, Error> {
+        let method = Text::from(method.to_string());
+        let now = self.inner.runtime.now();
+        self.inner
+            .send_state(|st| {
+                let id = st.conn.request(method.clone(), payload.clone(), opts.clone(), now)?;
+                st.calls.insert(id.0, OutSlot::default());
+                Ok(id.0)
+            })
+            .await
+    }
+
+    /// Calls `method` with raw bytes. The deadline, metadata and trace id
+    /// come from `opts`; dropping the future cancels the call on the peer.
+    pub async fn call_raw(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<Bytes, Error> {
+        let mut opts = opts;
+        opts.kind = CallKind::Unary;
+        let id = self.start(method, payload, opts).await?;
+        let guard = CallGuard::new(self.inner.clone(), id);
+        std::future::poll_fn(|cx| poll_outcome(&self.inner, id, &guard, cx)).await
+    }
+
+    /// Calls `method` with a typed request and the default options.
+    pub async fn call<Req, Resp>(&self, method: &str, request: &Req) -> Result<Resp, Error>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.call_with(method, request, CallOptions::new()).await
+    }
+
+    /// Calls `method` with a typed request and options (deadline, metadata, trace id).
+    pub async fn call_with<Req, Resp>(&self, method: &str, request: &Req, opts: CallOptions) -> Result<Resp, Error>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let codec = self.inner.codec;
+        let payload = codec.encode(request)?;
+        let bytes = self.call_raw(method, payload, self.options(opts, CallKind::Unary)).await?;
+        codec.decode(&bytes)
+    }
+
+    /// Sends a notification (no reply).
+    pub async fn notify<T: Serialize + ?Sized>(&self, method: &str, value: &T) -> Result<(), Error> {
+        let payload = self.inner.codec.encode(value)?;
+        self.notify_raw(method, payload, self.options(CallOptions::new(), CallKind::Unary)).await
+    }
+
+    /// Sends a notification of raw bytes.
+    pub async fn notify_raw(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<(), Error> {
+        let method = Text::from(method.to_string());
+        self.inner.send(|c| c.notify(method.clone(), payload.clone(), opts.clone())).await
+    }
+
+    /// Starts a server-streaming call: the returned receiver yields the
+    /// callee's items and ends when the callee returns.
+    pub async fn server_stream<Req, Item>(
+        &self,
+        method: &str,
+        request: &Req,
+        opts: CallOptions,
+    ) -> Result<Receiver<Item>, Error>
+    where
+        Req: Serialize + ?Sized,
+        Item: DeserializeOwned,
+    {
+        let codec = self.inner.codec;
+        let id = self.start(method, codec.encode(request)?, self.options(opts, CallKind::ServerStream)).await?;
+        Ok(Receiver::caller(self.inner.clone(), id, codec, CallGuard::new(self.inner.clone(), id)))
+    }
+
+    /// Starts a client-streaming call: send items, finish the sender, then
+    /// await the response.
+    pub async fn client_stream<Req, Item, Resp>(
+        &self,
+        method: &str,
+        request: &Req,
+        opts: CallOptions,
+    ) -> Result<(Sender<Item>, ResponseFuture<Resp>), Error>
+    where
+        Req: Serialize + ?Sized,
+        Item: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let codec = self.inner.codec;
+        let id = self.start(method, codec.encode(request)?, self.options(opts, CallKind::ClientStream)).await?;
+        let guard = CallGuard::new(self.inner.clone(), id);
+        Ok((
+            Sender::caller(self.inner.clone(), id, codec, guard.clone()),
+            ResponseFuture::new(self.inner.clone(), id, codec, guard),
+        ))
+    }
+
+    /// Starts a bidirectional call.
+    pub async fn bidi<Req, In, Out>(
+        &self,
+        method: &str,
+        request: &Req,
+        opts: CallOptions,
+    ) -> Result<(Sender<In>, Receiver<Out>), Error>
+    where
+        Req: Serialize + ?Sized,
+        In: Serialize,
+        Out: DeserializeOwned,
+    {
+        let codec = self.inner.codec;
+        let id = self.start(method, codec.encode(request)?, self.options(opts, CallKind::Bidi)).await?;
+        let guard = CallGuard::new(self.inner.clone(), id);
+        Ok((
+            Sender::caller(self.inner.clone(), id, codec, guard.clone()),
+            Receiver::caller(self.inner.clone(), id, codec, guard),
+        ))
+    }
+
+    /// Subscribes to `topic` exactly and waits for the server to confirm.
+    pub async fn subscribe<T: DeserializeOwned>(&self, topic: &str) -> Result<Subscription<T>, Error> {
+        self.subscribe_with(topic, SubscribeOptions::default()).await
+    }
+
+    /// Subscribes to every topic starting with `prefix`.
+    pub async fn subscribe_prefix<T: DeserializeOwned>(&self, prefix: &str) -> Result<Subscription<T>, Error> {
+        self.subscribe_with(prefix, SubscribeOptions { prefix: true, ..Default::default() }).await
+    }
+
+    /// Subscribes with explicit options (prefix, slow-consumer policy).
+    pub async fn subscribe_with<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription<T>, Error> {
+        let topic = Text::from(topic.to_string());
+        let id = self
+            .inner
+            .send_state(|st| {
+                let id = st.conn.subscribe(topic.clone(), options)?;
+                st.subs.insert(id.0, SubSlot::default());
+                Ok(id)
+            })
+            .await?;
+        let sub =
+            Subscription { inner: self.inner.clone(), id, codec: self.inner.codec, ended: false, _t: PhantomData };
+        std::future::poll_fn(|cx| {
+            let mut st = self.inner.lock();
+            match st.subs.get_mut(&id.0) {
+                Some(s) => match &s.ack {
+                    Some(r) => Poll::Ready(r.clone()),
+                    None => {
+                        s.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                },
+                None => Poll::Ready(Err(st.closed_error().unwrap_or(Error::Cancelled))),
+            }
+        })
+        .await?;
+        Ok(sub)
+    }
+
+    /// Publishes a typed message through the server's broker and waits for
+    /// the acknowledgement: the number of subscriptions it was queued for.
+    pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<u32, Error> {
+        let payload = self.inner.codec.encode(value)?;
+        self.publish_raw(topic, payload).await
+    }
+
+    /// Publishes raw bytes and waits for the acknowledgement.
+    pub async fn publish_raw(&self, topic: &str, payload: Bytes) -> Result<u32, Error> {
+        let topic = Text::from(topic.to_string());
+        let id = self
+            .inner
+            .send_state(|st| {
+                let id = st.conn.publish(topic.clone(), payload.clone(), true)?.unwrap_or(PublishId(0));
+                st.publishes.insert(id.0, AckSlot::default());
+                Ok(id.0)
+            })
+            .await?;
+        self.wait_ack(id, |st| &mut st.publishes).await
+    }
+
+    /// Publishes without waiting for (or asking for) an acknowledgement.
+    pub async fn publish_nowait(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
+        let topic = Text::from(topic.to_string());
+        self.inner.send(|c| c.publish(topic.clone(), payload.clone(), false).map(|_| ())).await
+    }
+
+    /// Measures the round-trip time to the peer.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let now = self.inner.runtime.now();
+        let id = self
+            .inner
+            .send_state(|st| {
+                let id = st.conn.ping(now)?;
+                st.pings.insert(id, AckSlot::default());
+                Ok(id)
+            })
+            .await?;
+        self.wait_ack(id, |st| &mut st.pings).await
+    }
+
+    async fn wait_ack<T>(
+        &self,
+        id: u64,
+        slots: impl Fn(&mut crate::session::State) -> &mut std::collections::HashMap<u64, AckSlot<T>>,
+    ) -> Result<T, Error> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.inner.lock();
+            let closed = st.closed_error();
+            let map = slots(&mut st);
+            match map.get_mut(&id) {
+                Some(slot) => match slot.result.take() {
+                    Some(r) => {
+                        map.remove(&id);
+                        Poll::Ready(r)
+                    }
+                    None => {
+                        slot.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                },
+                None => Poll::Ready(Err(closed.unwrap_or(Error::Cancelled))),
+            }
+        })
+        .await
+    }
+
+    /// Closes gracefully: sends GOODBYE with `Code::OK`, lets calls in flight
+    /// in both directions finish, and waits until the connection has ended.
+    pub async fn close(&self, reason: &str) -> ConnectionError {
+        self.close_with(Code::OK, reason, None).await
+    }
+
+    /// Closes gracefully with a code and a reconnect hint for the peer.
+    pub async fn close_with(&self, code: Code, reason: &str, reconnect_after: Option<Duration>) -> ConnectionError {
+        {
+            let now = self.inner.runtime.now();
+            let mut st = self.inner.lock();
+            st.conn.close(code, reason, reconnect_after, now);
+        }
+        self.inner.driver.wake();
+        self.closed().await
+    }
+
+    /// Ends the connection at once; everything pending fails.
+    pub fn abort(&self) {
+        {
+            let now = self.inner.runtime.now();
+            let mut st = self.inner.lock();
+            st.conn.abort(Code::OK, "aborted", now);
+        }
+        self.inner.driver.wake();
+    }
+
+    /// Waits until the connection has ended and its transport is closed.
+    pub fn closed(&self) -> impl Future<Output = ConnectionError> + Send + 'static {
+        let inner = self.inner.clone();
+        std::future::poll_fn(move |cx| {
+            let mut st = inner.lock();
+            if st.finished {
+                let e = st
+                    .closed
+                    .clone()
+                    .unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: "closed".into() });
+                return Poll::Ready(e);
+            }
+            st.finish_wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+impl Inner {
+    /// Runs `op` on the state, waiting while the outbound queue is full.
+    pub(crate) async fn send_state<T>(
+        &self,
+        mut op: impl FnMut(&mut crate::session::State) -> Result<T, SendError>,
+    ) -> Result<T, Error> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            match op(&mut st) {
+                Ok(v) => Poll::Ready(Ok(v)),
+                Err(SendError::Blocked { .. }) => {
+                    st.writable.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
+    }
+}
+
+/// An item of a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionEvent<T> {
+    /// A published message.
+    Message {
+        /// The topic it was published on.
+        topic: Text,
+        /// The decoded value.
+        value: T,
+    },
+    /// This many messages were lost because this subscriber fell behind
+    /// (dropped by the server's broker or by the local buffer).
+    Lagged(u64),
+}
+
+/// Messages for one subscription, as a [`Stream`]. Dropping it
+/// unsubscribes. A message that does not decode yields `Err(Decode)` and the
+/// stream goes on; the end of the connection yields its error, then `None`.
+pub struct Subscription<T> {
+    inner: Arc<Inner>,
+    id: SubscriptionId,
+    codec: Codec,
+    ended: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<T> Subscription<T> {
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+}
+
+impl<T: DeserializeOwned> Subscription<T> {
+    /// The next event, or `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Option<Result<SubscriptionEvent<T>, Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl<T: DeserializeOwned> Stream for Subscription<T> {
+    type Item = Result<SubscriptionEvent<T>, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let item = {
+            let mut st = this.inner.lock();
+            let Some(s) = st.subs.get_mut(&this.id.0) else {
+                this.ended = true;
+                return Poll::Ready(None);
+            };
+            match s.queue.pop_front() {
+                Some(item) => item,
+                None => match s.ended.clone() {
+                    Some(e) => {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    None => {
+                        s.waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                },
+            }
+        };
+        Poll::Ready(Some(match item {
+            SubItem::Lagged(n) => Ok(SubscriptionEvent::Lagged(n)),
+            SubItem::Message(topic, payload) => {
+                this.codec.decode(&payload).map(|value| SubscriptionEvent::Message { topic, value })
+            }
+        }))
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        st.subs.remove(&self.id.0);
+        let _ = st.conn.unsubscribe(self.id);
+    }
+}

@@ -1,0 +1,129 @@
+//! Connecting: [`ClientBuilder`].
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wharf_core::{Config, Connection, Text};
+use wharf_transport::PeerIdentity;
+
+use crate::api::{Client, Session};
+use crate::backend::{Backend, IntoEndpoint};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::io::ByteStream;
+use crate::router::Router;
+use crate::session::{Driver, Inner};
+
+/// Configures and opens a client connection.
+pub struct ClientBuilder {
+    backend: Backend,
+    config: Config,
+    auth: Bytes,
+    router: Router,
+    codec: Codec,
+    sub_queue: usize,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// A builder on this runtime backend.
+    pub fn new(backend: Backend) -> Self {
+        ClientBuilder {
+            backend,
+            config: Config::default(),
+            auth: Bytes::new(),
+            router: Router::new(),
+            codec: Codec::default(),
+            sub_queue: 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Limits and timeouts (see [`Config`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The name the server sees in the handshake.
+    pub fn name(mut self, name: &str) -> Self {
+        self.config.name = Text::from(name.to_string());
+        self
+    }
+
+    /// The authentication payload sent in the handshake.
+    pub fn auth(mut self, auth: impl Into<Bytes>) -> Self {
+        self.auth = auth.into();
+        self
+    }
+
+    /// Handlers for calls the server makes to this client (peer mode).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// The codec of typed calls (default postcard).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Messages buffered per subscription before the oldest are dropped
+    /// (and reported as lag). Default 1024.
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.sub_queue = messages.max(1);
+        self
+    }
+
+    /// How long to try reaching the endpoint (busy pipes are retried within
+    /// it). The handshake then has the config's `handshake_timeout`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connects to `endpoint` and completes the handshake.
+    pub async fn connect(self, endpoint: impl IntoEndpoint) -> Result<Client, Error> {
+        let endpoint = endpoint.into_endpoint()?;
+        let (stream, peer) = self.backend.network.connect(&endpoint, self.connect_timeout).await?;
+        self.connect_stream(stream, peer).await
+    }
+
+    /// Runs the protocol over an already connected stream.
+    pub async fn connect_stream(self, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> Result<Client, Error> {
+        let now = self.backend.runtime.now();
+        let conn = Connection::client(Arc::new(self.config), self.auth, now)?;
+        let inner = Inner::new(
+            conn,
+            self.backend.runtime.clone(),
+            Arc::new(self.router),
+            peer,
+            self.codec,
+            None,
+            self.sub_queue,
+        );
+        self.backend.runtime.spawn(Box::pin(Driver::new(inner.clone(), stream)));
+        std::future::poll_fn(|cx| {
+            let mut st = inner.lock();
+            if st.connected.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = st.closed.clone() {
+                return Poll::Ready(Err(Error::ConnectionLost(e)));
+            }
+            st.connect_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Ok(Session { inner })
+    }
+}

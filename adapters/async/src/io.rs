@@ -1,0 +1,80 @@
+//! The byte streams and listeners the endpoint runs over.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_io::{AsyncRead, AsyncWrite};
+use wharf_transport::PeerIdentity;
+
+/// A connected, reliable, ordered byte stream (Unix socket, named pipe, TCP).
+pub trait ByteStream: Send + Unpin + 'static {
+    /// Reads into the spare capacity of `buf`, appending; `Ok(0)` is end of
+    /// stream.
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
+
+    /// Writes from `bufs` in order; returns how many bytes were taken.
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>>;
+
+    /// Shuts down the write side (the peer reads end of stream).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ByteStream for Box<dyn ByteStream> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        (**self).poll_read_buf(cx, buf)
+    }
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        (**self).poll_write_vectored(cx, bufs)
+    }
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections, reporting who connected as the kernel tells it.
+pub trait ByteListener: Send + 'static {
+    /// Waits for the next connection.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, PeerIdentity)>>;
+}
+
+/// Adapts a `futures-io` stream (smol, async-std, ...) to [`ByteStream`].
+/// Reads go through a small scratch buffer because `futures-io` reads need
+/// initialised memory.
+#[derive(Debug)]
+pub struct FuturesIo<T> {
+    io: T,
+    scratch: Box<[u8]>,
+}
+
+impl<T> FuturesIo<T> {
+    /// Wraps `io`.
+    pub fn new(io: T) -> Self {
+        FuturesIo { io, scratch: vec![0; 64 * 1024].into_boxed_slice() }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for FuturesIo<T> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        let want = (buf.capacity() - buf.len()).clamp(1, self.scratch.len());
+        match Pin::new(&mut self.io).poll_read(cx, &mut self.scratch[..want]) {
+            Poll::Ready(Ok(n)) => {
+                buf.extend_from_slice(&self.scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_close(cx)
+    }
+}

@@ -1,0 +1,44 @@
+//! # wharf-async
+//!
+//! The wharf endpoint for async Rust, written once: clients, servers,
+//! routers of typed handlers, subscriptions as streams, streaming calls as
+//! `Stream`/`Sink`, graceful shutdown. A runtime adapter (`wharf-tokio`,
+//! `wharf-smol`, ...) supplies a [`Runtime`] (spawn, timers) and a
+//! [`Network`] (connect, bind); nothing else here knows which runtime runs it.
+//!
+//! One driver task per connection owns the protocol state
+//! ([`wharf_core::Connection`]) and the socket; handles lock the state for
+//! a moment to issue a command and wake the driver, which writes with
+//! vectored writes, never flushing per message.
+
+#![deny(missing_docs)]
+
+mod api;
+mod backend;
+mod client;
+mod codec;
+mod error;
+mod io;
+mod router;
+mod runtime;
+mod server;
+mod session;
+mod stream;
+
+pub use api::{Client, Session, Subscription, SubscriptionEvent};
+pub use backend::{Backend, BindOptions, ConnectFuture, Connected, IntoEndpoint, Network};
+pub use client::ClientBuilder;
+pub use codec::{CONTENT_TYPE, Codec};
+pub use error::Error;
+pub use io::{ByteListener, ByteStream, FuturesIo};
+pub use router::{Context, Router};
+pub use runtime::{BoxFuture, Runtime, Timer};
+pub use server::{AuthReject, AuthRequest, Server, ServerBuilder, SessionInfo};
+pub use session::Goodbye;
+pub use stream::{Receiver, ResponseFuture, Sender};
+
+pub use wharf_core::broker::{BrokerConfig, BrokerStats, PublishReport};
+pub use wharf_core::{
+    CallKind, CallOptions, Code, Config, ConnectionError, Metadata, SlowConsumerPolicy, SubscribeOptions, Timeout,
+};
+pub use wharf_transport::{Endpoint, PeerIdentity, TcpOptions, UnixBindOptions};

@@ -1,0 +1,630 @@
+//! The server: accept loop, sessions registry, broker, auth hook, shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, Delivery, PublishReport, SubscriberId};
+use wharf_core::{
+    Code, Config, Connection, ConnectionError, HandshakeRequest, PublishId, SendError, SlowConsumerPolicy,
+    SubscriptionId, Text,
+};
+use wharf_transport::{Endpoint, PeerIdentity};
+
+use crate::api::Session;
+use crate::backend::{Backend, BindOptions, IntoEndpoint};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::io::{ByteListener, ByteStream};
+use crate::router::Router;
+use crate::session::{Driver, Inner, State};
+
+/// What the auth hook is told about a client asking to connect.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    /// The id this connection will have.
+    pub connection_id: u64,
+    /// The client's name from its HELLO.
+    pub client_name: Text,
+    /// The client's authentication payload (opaque to wharf).
+    pub auth: Bytes,
+    /// Who connected, as the kernel reports it (never from the payload).
+    pub peer: PeerIdentity,
+}
+
+/// Why the auth hook refused a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthReject {
+    /// Code sent in the REJECT (default `AUTH_FAILED`).
+    pub code: Code,
+    /// Reason sent to the client.
+    pub reason: String,
+    /// When the client may try again.
+    pub retry_after: Option<Duration>,
+}
+
+impl AuthReject {
+    /// `AUTH_FAILED` with a reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        AuthReject { code: Code::AUTH_FAILED, reason: reason.into(), retry_after: None }
+    }
+
+    /// Another code.
+    pub fn with_code(mut self, code: Code) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// A retry hint.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
+type AuthFuture = Pin<Box<dyn Future<Output = Result<(), AuthReject>> + Send>>;
+type AuthHook = Arc<dyn Fn(AuthRequest) -> AuthFuture + Send + Sync>;
+type ConnectHook = Arc<dyn Fn(&SessionInfo) + Send + Sync>;
+type DisconnectHook = Arc<dyn Fn(&SessionInfo, &ConnectionError) + Send + Sync>;
+
+/// A connection as the server's callbacks see it.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// Connection id.
+    pub connection_id: u64,
+    /// Client name.
+    pub client_name: Text,
+    /// Who connected.
+    pub peer: PeerIdentity,
+}
+
+#[derive(Default)]
+pub(crate) struct Flags {
+    /// The broker holds deliveries for this session.
+    ready: AtomicBool,
+    /// The broker asked to disconnect this session (slow consumer).
+    slow: AtomicBool,
+}
+
+struct Entry {
+    inner: Arc<Inner>,
+    flags: Arc<Flags>,
+    name: Text,
+}
+
+pub(crate) struct ServerShared {
+    backend: Backend,
+    endpoint: Endpoint,
+    config: Arc<Config>,
+    router: Arc<Router>,
+    codec: Codec,
+    sub_queue: usize,
+    broker: Mutex<Broker>,
+    sessions: Mutex<HashMap<u64, Entry>>,
+    next_id: AtomicU64,
+    auth: Option<AuthHook>,
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+    max_connections: usize,
+    stopping: AtomicBool,
+    shutdown_hint: Mutex<Option<(String, Option<Duration>)>>,
+    accept_waker: Mutex<Option<Waker>>,
+    idle_wakers: Mutex<Vec<Waker>>,
+    accepting: AtomicBool,
+}
+
+/// The server's half of a session: what the driver calls for server events.
+#[derive(Clone)]
+pub(crate) struct ServerLink {
+    shared: Arc<ServerShared>,
+    id: u64,
+    flags: Arc<Flags>,
+}
+
+impl ServerLink {
+    pub(crate) fn handshake(&self, inner: &Arc<Inner>, st: &mut State, req: HandshakeRequest) {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Acquire) {
+            let hint = shared.shutdown_hint.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let retry = hint.and_then(|h| h.1);
+            let _ = st.conn.reject(Code::SHUTTING_DOWN, "the server is shutting down", retry);
+            return;
+        }
+        if shared.count() > shared.max_connections {
+            let _ = st.conn.reject(
+                Code::TOO_MANY_CONNECTIONS,
+                "the server has too many connections",
+                Some(Duration::from_secs(1)),
+            );
+            return;
+        }
+        if let Ok(mut s) = shared.sessions.lock()
+            && let Some(e) = s.get_mut(&self.id)
+        {
+            e.name = req.client_name.clone();
+        }
+        match &shared.auth {
+            None => {
+                let _ = st.conn.accept(self.id);
+            }
+            Some(hook) => {
+                let fut = hook(AuthRequest {
+                    connection_id: self.id,
+                    client_name: req.client_name,
+                    auth: req.auth,
+                    peer: inner.peer,
+                });
+                let inner = inner.clone();
+                let id = self.id;
+                shared.backend.runtime.spawn(Box::pin(async move {
+                    let verdict = fut.await;
+                    let mut st = inner.lock();
+                    let r = match verdict {
+                        Ok(()) => st.conn.accept(id),
+                        Err(rej) => st.conn.reject(rej.code, &rej.reason, rej.retry_after),
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!(connection_id = id, error = %e, "wharf: auth verdict came too late");
+                    }
+                }));
+            }
+        }
+    }
+
+    pub(crate) fn connected(&self, inner: &Arc<Inner>, st: &mut State) {
+        if let Some(hook) = &self.shared.on_connect {
+            let info = SessionInfo {
+                connection_id: self.id,
+                client_name: st.connected.as_ref().map(|c| c.peer_name.clone()).unwrap_or_default(),
+                peer: inner.peer,
+            };
+            hook(&info);
+        }
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+        st: &mut State,
+        id: SubscriptionId,
+        topic: Text,
+        prefix: bool,
+        policy: SlowConsumerPolicy,
+    ) {
+        let r = self.shared.broker().subscribe(SubscriberId(self.id), id, topic, prefix, policy);
+        let _ = match r {
+            Ok(()) => st.conn.accept_subscription(id),
+            Err(e) => {
+                tracing::debug!(error = %e, "wharf: subscription refused by the broker");
+                st.conn.refuse_subscription(id, Code::INVALID_TOPIC)
+            }
+        };
+    }
+
+    pub(crate) fn unsubscribe(&self, id: SubscriptionId) {
+        self.shared.broker().unsubscribe(SubscriberId(self.id), id);
+    }
+
+    pub(crate) fn publish(&self, st: &mut State, ack: Option<PublishId>, topic: Text, payload: Bytes) {
+        let report = self.shared.publish(&topic, &payload);
+        if let Some(id) = ack {
+            let _ = st.conn.ack_publish(id, Ok(report.queued));
+        }
+    }
+
+    /// Moves deliveries from the broker into the connection while it has
+    /// room. Returns whether anything moved.
+    pub(crate) fn pump(&self, st: &mut State) -> bool {
+        if self.flags.slow.swap(false, Ordering::AcqRel) && !st.conn.is_closed() {
+            let now = self.shared.backend.runtime.now();
+            st.conn.abort(Code::SLOW_CONSUMER, "subscriber too slow; disconnected by its subscription policy", now);
+            return true;
+        }
+        if !self.flags.ready.load(Ordering::Acquire) || st.conn.is_closed() {
+            return false;
+        }
+        let limit = self.shared.config.max_outbound_buffered / 2;
+        let mut moved = false;
+        let mut broker = self.shared.broker();
+        while st.conn.transmit_len() < limit {
+            let Some(d) = broker.next_delivery(SubscriberId(self.id)) else {
+                self.flags.ready.store(false, Ordering::Release);
+                break;
+            };
+            let r = match &d {
+                Delivery::Message { subscription, topic, payload } => {
+                    st.conn.deliver(*subscription, topic, payload.clone())
+                }
+                Delivery::Lagged { subscription, dropped } => st.conn.deliver_lagged(*subscription, *dropped),
+            };
+            match r {
+                Ok(()) => moved = true,
+                Err(SendError::Blocked { .. }) => {
+                    broker.return_delivery(SubscriberId(self.id), d);
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "wharf: delivery dropped"),
+            }
+        }
+        moved
+    }
+
+    /// The driver ended: forget the session.
+    pub(crate) fn finished(&self, inner: &Arc<Inner>, err: Option<ConnectionError>) {
+        let shared = &self.shared;
+        shared.broker().remove_subscriber(SubscriberId(self.id));
+        let entry = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        let was_connected = inner.lock().connected.is_some();
+        if was_connected && let (Some(hook), Some(entry)) = (&shared.on_disconnect, entry) {
+            let info = SessionInfo { connection_id: self.id, client_name: entry.name, peer: inner.peer };
+            let err = err.unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: String::new() });
+            hook(&info, &err);
+        }
+        if shared.count() == 0 {
+            let ws = std::mem::take(&mut *shared.idle_wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            for w in ws {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl ServerShared {
+    fn broker(&self) -> std::sync::MutexGuard<'_, Broker> {
+        self.broker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Publishes and wakes the sessions the broker has work for.
+    fn publish(&self, topic: &Text, payload: &Bytes) -> PublishReport {
+        let (report, events) = {
+            let mut b = self.broker();
+            let report = b.publish(topic, payload);
+            let mut events = Vec::new();
+            while let Some(e) = b.poll_event() {
+                events.push(e);
+            }
+            (report, events)
+        };
+        if !events.is_empty() {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            for e in events {
+                let (sid, slow) = match e {
+                    BrokerEvent::Ready(s) => (s, false),
+                    BrokerEvent::Disconnect { subscriber, .. } => (subscriber, true),
+                };
+                if let Some(entry) = sessions.get(&sid.0) {
+                    if slow {
+                        entry.flags.slow.store(true, Ordering::Release);
+                    } else {
+                        entry.flags.ready.store(true, Ordering::Release);
+                    }
+                    entry.inner.driver.wake();
+                }
+            }
+        }
+        report
+    }
+
+    fn start_session(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = self.backend.runtime.now();
+        let conn = match Connection::server(self.config.clone(), now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "wharf: invalid server config");
+                return;
+            }
+        };
+        let flags = Arc::new(Flags::default());
+        let link = ServerLink { shared: self.clone(), id, flags: flags.clone() };
+        let inner = Inner::new(
+            conn,
+            self.backend.runtime.clone(),
+            self.router.clone(),
+            peer,
+            self.codec,
+            Some(link),
+            self.sub_queue,
+        );
+        self.broker().add_subscriber(SubscriberId(id));
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Entry { inner: inner.clone(), flags, name: Text::new() });
+        tracing::debug!(connection_id = id, ?peer, "wharf: accepted a connection");
+        self.backend.runtime.spawn(Box::pin(Driver::new(inner, stream)));
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Inner>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.inner.clone()).collect()
+    }
+}
+
+/// A running server. Cheap to clone. Dropping the handles does not stop
+/// it: call [`shutdown`](Self::shutdown) or [`abort`](Self::abort).
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<ServerShared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("endpoint", &self.shared.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Where it listens.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// Publishes a typed message to every matching subscription.
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<PublishReport, Error> {
+        let payload = self.shared.codec.encode(value)?;
+        Ok(self.publish_raw(topic, payload))
+    }
+
+    /// Publishes raw bytes to every matching subscription. Never waits for
+    /// a subscriber: slow ones lose old messages or are disconnected,
+    /// following their subscription's policy.
+    pub fn publish_raw(&self, topic: &str, payload: Bytes) -> PublishReport {
+        self.shared.publish(&Text::from(topic.to_string()), &payload)
+    }
+
+    /// The broker's counters.
+    pub fn broker_stats(&self) -> BrokerStats {
+        self.shared.broker().stats().clone()
+    }
+
+    /// Live connections (including those still in their handshake).
+    pub fn connection_count(&self) -> usize {
+        self.shared.count()
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.shared.snapshot().into_iter().map(|inner| Session { inner }).collect()
+    }
+
+    /// One session by connection id.
+    pub fn session(&self, connection_id: u64) -> Option<Session> {
+        let s = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.get(&connection_id).map(|e| Session { inner: e.inner.clone() })
+    }
+
+    fn stop_accepting(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(w) = self.shared.accept_waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.wake();
+        }
+    }
+
+    /// Graceful shutdown: stops accepting (the socket file is removed),
+    /// sends every client GOODBYE `SHUTTING_DOWN` with `reason` and the
+    /// reconnect hint, lets calls in flight finish (each connection gives up
+    /// after the config's `close_timeout`), and returns once every
+    /// connection has ended.
+    pub async fn shutdown(&self, reason: &str, reconnect_after: Option<Duration>) {
+        *self.shared.shutdown_hint.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((reason.to_string(), reconnect_after));
+        self.stop_accepting();
+        let now = self.shared.backend.runtime.now();
+        for inner in self.shared.snapshot() {
+            {
+                let mut st = inner.lock();
+                st.conn.close(Code::SHUTTING_DOWN, reason, reconnect_after, now);
+            }
+            inner.driver.wake();
+        }
+        self.idle().await;
+    }
+
+    /// Ends every connection at once and stops accepting.
+    pub async fn abort(&self) {
+        self.stop_accepting();
+        let now = self.shared.backend.runtime.now();
+        for inner in self.shared.snapshot() {
+            {
+                let mut st = inner.lock();
+                st.conn.abort(Code::SHUTTING_DOWN, "server aborted", now);
+            }
+            inner.driver.wake();
+        }
+        self.idle().await;
+    }
+
+    /// Waits until no connection is left and the listener is closed.
+    async fn idle(&self) {
+        let shared = self.shared.clone();
+        std::future::poll_fn(move |cx| {
+            let mut ws = shared.idle_wakers.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.count() == 0 && !shared.accepting.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            ws.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Configures and starts a [`Server`].
+pub struct ServerBuilder {
+    backend: Backend,
+    config: Config,
+    broker: BrokerConfig,
+    router: Router,
+    codec: Codec,
+    sub_queue: usize,
+    auth: Option<AuthHook>,
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+    max_connections: usize,
+    bind: BindOptions,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// A builder on this runtime backend.
+    pub fn new(backend: Backend) -> Self {
+        ServerBuilder {
+            backend,
+            config: Config::default(),
+            broker: BrokerConfig::default(),
+            router: Router::new(),
+            codec: Codec::default(),
+            sub_queue: 1024,
+            auth: None,
+            on_connect: None,
+            on_disconnect: None,
+            max_connections: 4096,
+            bind: BindOptions::default(),
+        }
+    }
+
+    /// Connection limits and timeouts (see [`Config`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Pub/sub queue limits.
+    pub fn broker_config(mut self, config: BrokerConfig) -> Self {
+        self.broker = config;
+        self
+    }
+
+    /// The handlers.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// The codec of typed [`Server::publish`] and of calls from the server.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Most connections at once (further clients are rejected with
+    /// `TOO_MANY_CONNECTIONS`). Default 4096.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Socket file mode, stale-file reclaim, TCP exposure.
+    pub fn bind_options(mut self, options: BindOptions) -> Self {
+        self.bind = options;
+        self
+    }
+
+    /// Decides, for each client, whether it may connect: sees its auth
+    /// payload and its kernel-reported identity.
+    pub fn auth<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AuthRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), AuthReject>> + Send + 'static,
+    {
+        self.auth = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Called when a client completes its handshake.
+    pub fn on_connect(mut self, f: impl Fn(&SessionInfo) + Send + Sync + 'static) -> Self {
+        self.on_connect = Some(Arc::new(f));
+        self
+    }
+
+    /// Called when a connected client's connection ends, with the reason.
+    pub fn on_disconnect(mut self, f: impl Fn(&SessionInfo, &ConnectionError) + Send + Sync + 'static) -> Self {
+        self.on_disconnect = Some(Arc::new(f));
+        self
+    }
+
+    /// Binds `endpoint` and starts serving.
+    pub async fn bind(self, endpoint: impl IntoEndpoint) -> Result<Server, Error> {
+        let endpoint = endpoint.into_endpoint()?;
+        let listener = self.backend.network.bind(&endpoint, &self.bind)?;
+        self.serve(endpoint, listener)
+    }
+
+    /// Serves connections from an existing listener.
+    pub fn serve(self, endpoint: Endpoint, listener: Box<dyn ByteListener>) -> Result<Server, Error> {
+        self.config.validate()?;
+        let broker = Broker::new(self.broker)?;
+        let shared = Arc::new(ServerShared {
+            backend: self.backend,
+            endpoint,
+            config: Arc::new(self.config),
+            router: Arc::new(self.router),
+            codec: self.codec,
+            sub_queue: self.sub_queue,
+            broker: Mutex::new(broker),
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            auth: self.auth,
+            on_connect: self.on_connect,
+            on_disconnect: self.on_disconnect,
+            max_connections: self.max_connections,
+            stopping: AtomicBool::new(false),
+            shutdown_hint: Mutex::new(None),
+            accept_waker: Mutex::new(None),
+            idle_wakers: Mutex::new(Vec::new()),
+            accepting: AtomicBool::new(true),
+        });
+        shared.backend.runtime.spawn(Box::pin(accept_loop(shared.clone(), listener)));
+        Ok(Server { shared })
+    }
+}
+
+async fn accept_loop(shared: Arc<ServerShared>, mut listener: Box<dyn ByteListener>) {
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if shared.stopping.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            *shared.accept_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            if shared.stopping.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok((stream, peer))) => shared.start_session(stream, peer),
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, endpoint = %shared.endpoint, "wharf: accept failed; backing off");
+                let at = shared.backend.runtime.now() + Duration::from_millis(50);
+                let mut timer = shared.backend.runtime.timer(at);
+                std::future::poll_fn(|cx| timer.as_mut().poll_fire(cx)).await;
+            }
+        }
+    }
+    drop(listener);
+    shared.accepting.store(false, Ordering::Release);
+    if shared.count() == 0 {
+        let ws = std::mem::take(&mut *shared.idle_wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in ws {
+            w.wake();
+        }
+    }
+    tracing::debug!(endpoint = %shared.endpoint, "wharf: stopped accepting");
+}

@@ -1,0 +1,644 @@
+//! One live connection: the shared state, the driver task that owns the
+//! core `Connection`, and the dispatch of its events.
+//!
+//! Handles (a [`Session`], call futures, streams, subscriptions) lock the
+//! state briefly to issue a command on the core connection or to look at a
+//! slot, then wake the driver. The driver is the only one that touches the
+//! socket: it reads into the core's buffer, fires timers, dispatches events
+//! into slots (waking whoever waits on them) and writes what the core
+//! queued, with vectored writes and no flush per message.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use wharf_core::{Code, Connected, Connection, ConnectionError, Event, SendError, Text};
+use wharf_transport::PeerIdentity;
+
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::io::ByteStream;
+use crate::router::Router;
+use crate::runtime::{Runtime, Timer};
+use crate::server::ServerLink;
+
+/// Reads per round before the driver moves on to writing.
+const READ_BUDGET: usize = 16;
+/// Rounds of read/dispatch/write per wake-up before yielding.
+const ROUND_BUDGET: usize = 16;
+
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    pub(crate) driver: AtomicWaker,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) peer: PeerIdentity,
+    pub(crate) codec: Codec,
+    pub(crate) server: Option<ServerLink>,
+    pub(crate) sub_queue_limit: usize,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+/// Data received on one streaming call, waiting for its reader.
+#[derive(Default)]
+pub(crate) struct StreamRx {
+    pub(crate) queue: VecDeque<Bytes>,
+    pub(crate) ended: bool,
+    pub(crate) waker: Option<Waker>,
+}
+
+/// A call we made.
+#[derive(Default)]
+pub(crate) struct OutSlot {
+    pub(crate) result: Option<Result<Bytes, Error>>,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) rx: StreamRx,
+    pub(crate) tx_waker: Option<Waker>,
+    /// Nobody will read the outcome (the caller's handles are gone).
+    pub(crate) abandoned: bool,
+}
+
+/// A call we serve.
+#[derive(Default)]
+pub(crate) struct InSlot {
+    pub(crate) cancelled: bool,
+    pub(crate) cancel_wakers: Vec<Waker>,
+    /// The task running the handler (dropped on cancellation).
+    pub(crate) abort_waker: Option<Waker>,
+    pub(crate) rx: StreamRx,
+    pub(crate) tx_waker: Option<Waker>,
+}
+
+/// One item of a subscription.
+pub(crate) enum SubItem {
+    Message(Text, Bytes),
+    Lagged(u64),
+}
+
+#[derive(Default)]
+pub(crate) struct SubSlot {
+    pub(crate) queue: VecDeque<SubItem>,
+    pub(crate) ack: Option<Result<(), Error>>,
+    pub(crate) ended: Option<Error>,
+    pub(crate) waker: Option<Waker>,
+}
+
+pub(crate) struct AckSlot<T> {
+    pub(crate) result: Option<Result<T, Error>>,
+    pub(crate) waker: Option<Waker>,
+}
+
+impl<T> Default for AckSlot<T> {
+    fn default() -> Self {
+        AckSlot { result: None, waker: None }
+    }
+}
+
+/// What the peer said in its GOODBYE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Goodbye {
+    /// Reason code.
+    pub code: Code,
+    /// Message.
+    pub message: String,
+    /// When the peer suggests reconnecting.
+    pub reconnect_after: Option<Duration>,
+}
+
+pub(crate) struct State {
+    pub(crate) conn: Connection,
+    pub(crate) connected: Option<Connected>,
+    pub(crate) connect_waker: Option<Waker>,
+    pub(crate) closed: Option<ConnectionError>,
+    pub(crate) finished: bool,
+    pub(crate) finish_wakers: Vec<Waker>,
+    pub(crate) goodbye: Option<Goodbye>,
+    pub(crate) calls: HashMap<u64, OutSlot>,
+    pub(crate) serving: HashMap<u64, InSlot>,
+    pub(crate) subs: HashMap<u64, SubSlot>,
+    pub(crate) publishes: HashMap<u64, AckSlot<u32>>,
+    pub(crate) pings: HashMap<u64, AckSlot<Duration>>,
+    pub(crate) writable: Vec<Waker>,
+    /// Wakers collected under the lock, woken once it is released.
+    pub(crate) to_wake: Vec<Waker>,
+}
+
+impl State {
+    pub(crate) fn new(conn: Connection) -> State {
+        State {
+            conn,
+            connected: None,
+            connect_waker: None,
+            closed: None,
+            finished: false,
+            finish_wakers: Vec::new(),
+            goodbye: None,
+            calls: HashMap::new(),
+            serving: HashMap::new(),
+            subs: HashMap::new(),
+            publishes: HashMap::new(),
+            pings: HashMap::new(),
+            writable: Vec::new(),
+            to_wake: Vec::new(),
+        }
+    }
+
+    pub(crate) fn wake(&mut self, w: Option<Waker>) {
+        if let Some(w) = w {
+            self.to_wake.push(w);
+        }
+    }
+
+    /// The error operations get once the connection is gone.
+    pub(crate) fn closed_error(&self) -> Option<Error> {
+        self.closed.clone().map(Error::ConnectionLost)
+    }
+}
+
+/// The locked state. On drop it releases the lock first, then wakes what
+/// was collected, and the driver if the core has output to write.
+pub(crate) struct Locked<'a> {
+    guard: Option<MutexGuard<'a, State>>,
+    inner: &'a Inner,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("guard present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("guard present until drop")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut g) = self.guard.take() else { return };
+        let wake = std::mem::take(&mut g.to_wake);
+        let kick = g.conn.wants_write() || g.conn.poll_timeout().is_some_and(|t| t <= self.inner.runtime.now());
+        drop(g);
+        for w in wake {
+            w.wake();
+        }
+        if kick {
+            self.inner.driver.wake();
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(
+        conn: Connection,
+        runtime: Arc<dyn Runtime>,
+        router: Arc<Router>,
+        peer: PeerIdentity,
+        codec: Codec,
+        server: Option<ServerLink>,
+        sub_queue_limit: usize,
+    ) -> Arc<Inner> {
+        Arc::new(Inner {
+            state: Mutex::new(State::new(conn)),
+            driver: AtomicWaker::new(),
+            runtime,
+            router,
+            peer,
+            codec,
+            server,
+            sub_queue_limit,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked { guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())), inner: self }
+    }
+
+    /// Runs `op` on the connection, waiting while the outbound queue is
+    /// full (`SendError::Blocked`).
+    pub(crate) fn poll_send<T>(
+        &self,
+        cx: &mut TaskContext<'_>,
+        op: &mut impl FnMut(&mut Connection) -> Result<T, SendError>,
+    ) -> Poll<Result<T, Error>> {
+        let mut st = self.lock();
+        match op(&mut st.conn) {
+            Ok(v) => Poll::Ready(Ok(v)),
+            Err(SendError::Blocked { .. }) => {
+                st.writable.push(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    /// [`poll_send`](Self::poll_send) as a future.
+    pub(crate) async fn send<T>(
+        &self,
+        mut op: impl FnMut(&mut Connection) -> Result<T, SendError>,
+    ) -> Result<T, Error> {
+        std::future::poll_fn(|cx| self.poll_send(cx, &mut op)).await
+    }
+}
+
+/// The task that owns the socket of one connection.
+pub(crate) struct Driver<S: ByteStream> {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) stream: S,
+    pub(crate) timer: Pin<Box<dyn Timer>>,
+    pub(crate) timer_at: Option<Instant>,
+    pub(crate) eof: bool,
+    pub(crate) shutdown: bool,
+}
+
+impl<S: ByteStream> Driver<S> {
+    pub(crate) fn new(inner: Arc<Inner>, stream: S) -> Self {
+        let far = inner.runtime.now() + Duration::from_secs(3600);
+        let timer = inner.runtime.timer(far);
+        Driver { inner, stream, timer, timer_at: None, eof: false, shutdown: false }
+    }
+
+    /// One round: read, timers, events, deliveries, write. Returns whether
+    /// anything happened, or `Ready` when the connection is over.
+    fn round(&mut self, cx: &mut TaskContext<'_>, st: &mut State) -> bool {
+        let inner = &self.inner;
+        let mut progress = false;
+        let now = inner.runtime.now();
+
+        // Read.
+        let mut reads = 0;
+        while !self.eof && st.conn.wants_read() && reads < READ_BUDGET {
+            let buf = st.conn.recv_buffer();
+            match self.stream.poll_read_buf(cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    st.conn.handle_eof(inner.runtime.now());
+                    progress = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    st.conn.handle_received(n, inner.runtime.now());
+                    progress = true;
+                    reads += 1;
+                }
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => {
+                    self.eof = true;
+                    st.conn.handle_transport_error(&e, inner.runtime.now());
+                    progress = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+
+        // Timers.
+        if st.conn.next_timer().is_some_and(|t| t <= now) {
+            st.conn.handle_timeout(now);
+            progress = true;
+        }
+
+        // Events.
+        while let Some(ev) = st.conn.poll_event() {
+            progress = true;
+            dispatch(inner, st, ev);
+        }
+
+        // Pub/sub deliveries queued for this connection by the broker.
+        if let Some(link) = &inner.server {
+            progress |= link.pump(st);
+            while let Some(ev) = st.conn.poll_event() {
+                dispatch(inner, st, ev);
+            }
+        }
+
+        // Write.
+        while !self.shutdown {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let n = st.conn.transmit_slices(now, &mut slices);
+            if n == 0 {
+                break;
+            }
+            match self.stream.poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    st.conn.handle_transport_error(&e, inner.runtime.now());
+                    progress = true;
+                    break;
+                }
+                Poll::Ready(Ok(k)) => {
+                    st.conn.advance_transmit(k, inner.runtime.now());
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => {
+                    st.conn.handle_transport_error(&e, inner.runtime.now());
+                    progress = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        while let Some(ev) = st.conn.poll_event() {
+            progress = true;
+            dispatch(inner, st, ev);
+        }
+        progress
+    }
+}
+
+impl<S: ByteStream> Future for Driver<S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = &mut *self;
+        this.inner.driver.register(cx.waker());
+        let inner = this.inner.clone();
+        let mut st = inner.lock();
+        let mut rounds = 0;
+        loop {
+            let progress = this.round(cx, &mut st);
+            rounds += 1;
+            if st.conn.is_closed() && !st.conn.wants_write() {
+                break;
+            }
+            if !progress {
+                // Sleep until the next timer (re-arming the one timer only
+                // when the deadline moved).
+                let next = st.conn.next_timer();
+                if next != this.timer_at {
+                    this.timer_at = next;
+                    let at = next.unwrap_or_else(|| inner.runtime.now() + Duration::from_secs(3600));
+                    this.timer.as_mut().reset(at);
+                }
+                if next.is_some() && this.timer.as_mut().poll_fire(cx).is_ready() {
+                    this.timer_at = None;
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            if rounds >= ROUND_BUDGET {
+                // Work remains: yield to other tasks and come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+
+        // The connection is over and everything was written: close the
+        // write side and finish.
+        if !this.shutdown {
+            drop(st);
+            match this.stream.poll_shutdown(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => this.shutdown = true,
+            }
+            st = inner.lock();
+        }
+        st.finished = true;
+        let wakers = std::mem::take(&mut st.finish_wakers);
+        st.to_wake.extend(wakers);
+        let link = inner.server.clone();
+        let err = st.closed.clone();
+        drop(st);
+        if let Some(link) = link {
+            link.finished(&inner, err);
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Routes one core event to whoever waits for it.
+pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
+    match ev {
+        Event::HandshakeRequest(req) => match &inner.server {
+            Some(link) => link.handshake(inner, st, req),
+            None => tracing::error!("wharf: handshake request on a client connection"),
+        },
+        Event::Connected(c) => {
+            st.connected = Some(c);
+            let w = st.connect_waker.take();
+            st.wake(w);
+            if let Some(link) = &inner.server {
+                link.connected(inner, st);
+            }
+        }
+        Event::Request(call) => crate::router::dispatch_call(inner, st, call),
+        Event::Notification(n) => crate::router::dispatch_notification(inner, st, n),
+        Event::CallCancelled { id, .. } => {
+            if let Some(slot) = st.serving.get_mut(&id.0) {
+                slot.cancelled = true;
+                slot.rx.ended = true;
+                let mut ws = std::mem::take(&mut slot.cancel_wakers);
+                ws.extend(slot.abort_waker.take());
+                ws.extend(slot.rx.waker.take());
+                ws.extend(slot.tx_waker.take());
+                st.to_wake.extend(ws);
+            }
+        }
+        Event::Response { id, result } => {
+            if let Some(slot) = st.calls.get_mut(&id.0) {
+                if slot.abandoned {
+                    st.calls.remove(&id.0);
+                } else {
+                    slot.result = Some(result.map_err(Error::from));
+                    slot.rx.ended = true;
+                    let mut ws: Vec<Waker> = slot.waker.take().into_iter().collect();
+                    ws.extend(slot.rx.waker.take());
+                    ws.extend(slot.tx_waker.take());
+                    st.to_wake.extend(ws);
+                }
+            }
+        }
+        Event::StreamData { id, payload } => {
+            let rx = if let Some(s) = st.calls.get_mut(&id.0) {
+                Some(&mut s.rx)
+            } else {
+                st.serving.get_mut(&id.0).map(|s| &mut s.rx)
+            };
+            match rx {
+                Some(rx) => {
+                    rx.queue.push_back(payload);
+                    let w = rx.waker.take();
+                    st.wake(w);
+                }
+                // Nobody reads this stream any more: return the credit.
+                None => st.conn.stream_consumed(id, payload.len()),
+            }
+        }
+        Event::StreamEnd { id } => {
+            if let Some(s) = st.serving.get_mut(&id.0) {
+                s.rx.ended = true;
+                let w = s.rx.waker.take();
+                st.wake(w);
+            }
+        }
+        Event::StreamWritable { id } => {
+            let w = match st.calls.get_mut(&id.0) {
+                Some(s) => s.tx_waker.take(),
+                None => st.serving.get_mut(&id.0).and_then(|s| s.tx_waker.take()),
+            };
+            st.wake(w);
+        }
+        Event::Subscribe { id, topic, prefix, policy } => {
+            if let Some(link) = &inner.server {
+                link.subscribe(st, id, topic, prefix, policy);
+            }
+        }
+        Event::Unsubscribe { id } => {
+            if let Some(link) = &inner.server {
+                link.unsubscribe(id);
+            }
+        }
+        Event::Publish { ack, topic, payload } => {
+            if let Some(link) = &inner.server {
+                link.publish(st, ack, topic, payload);
+            }
+        }
+        Event::SubscribeResult { id, result } => {
+            if let Some(s) = st.subs.get_mut(&id.0) {
+                match result {
+                    Ok(()) => s.ack = Some(Ok(())),
+                    Err(e) => {
+                        let e = Error::from(e);
+                        s.ack = Some(Err(e.clone()));
+                        s.ended = Some(e);
+                    }
+                }
+                let w = s.waker.take();
+                st.wake(w);
+            }
+        }
+        Event::UnsubscribeResult { .. } => {}
+        Event::PublishResult { id, result } => {
+            if let Some(s) = st.publishes.get_mut(&id.0) {
+                s.result = Some(result.map_err(Error::from));
+                let w = s.waker.take();
+                st.wake(w);
+            }
+        }
+        Event::Message { subscription, topic, payload } => {
+            let limit = inner.sub_queue_limit;
+            if let Some(s) = st.subs.get_mut(&subscription.0) {
+                push_sub_item(s, SubItem::Message(topic, payload), limit);
+                let w = s.waker.take();
+                st.wake(w);
+            }
+        }
+        Event::Lagged { subscription, dropped } => {
+            let limit = inner.sub_queue_limit;
+            if let Some(s) = st.subs.get_mut(&subscription.0) {
+                push_sub_item(s, SubItem::Lagged(dropped), limit);
+                let w = s.waker.take();
+                st.wake(w);
+            }
+        }
+        Event::Pong { id, rtt } => {
+            if let Some(s) = st.pings.get_mut(&id) {
+                s.result = Some(Ok(rtt));
+                let w = s.waker.take();
+                st.wake(w);
+            }
+        }
+        Event::Writable => {
+            let ws = std::mem::take(&mut st.writable);
+            st.to_wake.extend(ws);
+        }
+        Event::GoodbyeReceived { code, message, reconnect_after } => {
+            tracing::debug!(%code, %message, ?reconnect_after, "wharf: peer said goodbye");
+            st.goodbye = Some(Goodbye { code, message: message.to_string(), reconnect_after });
+        }
+        Event::Closed(err) => {
+            tracing::debug!(error = %err, "wharf: connection closed");
+            st.closed = Some(err.clone());
+            let e = Error::ConnectionLost(err);
+            let mut ws: Vec<Waker> = std::mem::take(&mut st.writable);
+            ws.extend(st.connect_waker.take());
+            for s in st.subs.values_mut() {
+                if s.ended.is_none() {
+                    s.ended = Some(e.clone());
+                }
+                if s.ack.is_none() {
+                    s.ack = Some(Err(e.clone()));
+                }
+                ws.extend(s.waker.take());
+            }
+            for s in st.pings.values_mut() {
+                s.result.get_or_insert_with(|| Err(e.clone()));
+                ws.extend(s.waker.take());
+            }
+            for s in st.publishes.values_mut() {
+                s.result.get_or_insert_with(|| Err(e.clone()));
+                ws.extend(s.waker.take());
+            }
+            for s in st.calls.values_mut() {
+                s.rx.ended = true;
+                s.result.get_or_insert_with(|| Err(e.clone()));
+                ws.extend(s.waker.take());
+                ws.extend(s.rx.waker.take());
+                ws.extend(s.tx_waker.take());
+            }
+            for s in st.serving.values_mut() {
+                s.cancelled = true;
+                s.rx.ended = true;
+                ws.append(&mut s.cancel_wakers);
+                ws.extend(s.abort_waker.take());
+                ws.extend(s.rx.waker.take());
+                ws.extend(s.tx_waker.take());
+            }
+            st.to_wake.extend(ws);
+        }
+        other => tracing::trace!(event = ?other, "wharf: unhandled event"),
+    }
+}
+
+/// Queues a subscription item, dropping the oldest message past `limit`
+/// (the loss is reported to the reader as lag, like the server's policy).
+fn push_sub_item(s: &mut SubSlot, item: SubItem, limit: usize) {
+    if let SubItem::Lagged(n) = item
+        && let Some(SubItem::Lagged(m)) = s.queue.back_mut()
+    {
+        *m += n;
+        return;
+    }
+    s.queue.push_back(item);
+    let mut dropped = 0u64;
+    while s.queue.len() > limit {
+        match s.queue.pop_front() {
+            Some(SubItem::Message(..)) => dropped += 1,
+            Some(SubItem::Lagged(n)) => dropped += n,
+            None => break,
+        }
+    }
+    if dropped > 0 {
+        s.queue.push_front(SubItem::Lagged(dropped));
+    }
+}
+
+/// Marks a call's outcome as unwanted: cancels it if still running.
+pub(crate) fn abandon_call(inner: &Inner, id: u64) {
+    let mut st = inner.lock();
+    match st.calls.get_mut(&id) {
+        Some(slot) if slot.result.is_some() => {
+            st.calls.remove(&id);
+        }
+        Some(slot) => {
+            slot.abandoned = true;
+            // The Cancelled outcome arrives as an event and removes the slot.
+            if st.conn.cancel(wharf_core::RequestId(id)).is_err() {
+                st.calls.remove(&id);
+            }
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,384 @@
+//! Plain byte streams on tokio over every wharf endpoint: use them directly
+//! when you only want the socket, or let the wharf endpoint run over them.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use wharf_tokio::net::{Listener, Stream};
+//!
+//! let mut listener = Listener::bind(&"unix:/tmp/raw.sock".parse()?, &Default::default())?;
+//! tokio::spawn(async move {
+//!     let (mut s, peer) = listener.accept().await.unwrap();
+//!     println!("connection from uid {:?}", peer.uid);
+//!     s.write_all(b"hello").await.unwrap();
+//! });
+//! let (mut s, _) = Stream::connect(&"unix:/tmp/raw.sock".parse()?, std::time::Duration::from_secs(5)).await?;
+//! let mut buf = [0; 5];
+//! s.read_exact(&mut buf).await?;
+//! # Ok(()) }
+//! ```
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use wharf_async::{BindOptions, ByteListener, ByteStream, ConnectFuture, Error, Network};
+use wharf_transport::{Endpoint, PeerIdentity, TransportError};
+
+#[cfg(windows)]
+use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions};
+
+/// A connected byte stream: Unix socket, TCP, or a named pipe end.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Stream {
+    /// Unix domain socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+    /// TCP.
+    Tcp(tokio::net::TcpStream),
+    /// Server end of a named pipe.
+    #[cfg(windows)]
+    PipeServer(NamedPipeServer),
+    /// Client end of a named pipe.
+    #[cfg(windows)]
+    PipeClient(NamedPipeClient),
+}
+
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            #[cfg(unix)]
+            Stream::Unix($s) => $e,
+            Stream::Tcp($s) => $e,
+            #[cfg(windows)]
+            Stream::PipeServer($s) => $e,
+            #[cfg(windows)]
+            Stream::PipeClient($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl ByteStream for Stream {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        // Reads straight into the spare capacity, without zeroing it first.
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
+
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write_vectored(Pin::new(self), cx, bufs)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(self), cx)
+    }
+}
+
+impl Stream {
+    /// Connects to `endpoint`, giving up after `timeout`. Busy named pipes
+    /// are retried within the timeout, never beyond it.
+    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<(Stream, PeerIdentity)> {
+        connect(endpoint, timeout).await.map_err(io::Error::from)
+    }
+}
+
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<(Stream, PeerIdentity), Error> {
+    let timed_out = || TransportError::Io {
+        op: "connect to",
+        endpoint: endpoint.to_string(),
+        source: io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {timeout:?}")),
+    };
+    match endpoint {
+        #[cfg(unix)]
+        Endpoint::Unix(path) => {
+            wharf_transport::check_unix_path(path)?;
+            let s = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| wharf_transport::connect_error::unix(path, e))?;
+            let peer = wharf_transport::peer_credentials(&s).unwrap_or_default();
+            Ok((Stream::Unix(s), peer))
+        }
+        #[cfg(not(unix))]
+        Endpoint::Unix(path) => Err(TransportError::InvalidName {
+            input: path.display().to_string(),
+            reason: "Unix sockets are not supported by this adapter on this OS",
+        }
+        .into()),
+        Endpoint::Tcp(addr) => {
+            let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str()))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| wharf_transport::connect_error::tcp(addr, e))?;
+            s.set_nodelay(true).map_err(|e| TransportError::Io {
+                op: "configure",
+                endpoint: endpoint.to_string(),
+                source: e,
+            })?;
+            let peer = PeerIdentity { addr: s.peer_addr().ok(), ..Default::default() };
+            Ok((Stream::Tcp(s), peer))
+        }
+        #[cfg(windows)]
+        Endpoint::Pipe(name) => {
+            let start = std::time::Instant::now();
+            let mut retry = wharf_transport::PipeRetry::new(start, timeout);
+            loop {
+                // The client opens with SECURITY_IDENTIFICATION (tokio's
+                // default), so the server cannot impersonate it.
+                match ClientOptions::new().open(name) {
+                    Ok(c) => {
+                        let peer = wharf_transport::pipe_server_identity(&c).unwrap_or_default();
+                        return Ok((Stream::PipeClient(c), peer));
+                    }
+                    Err(e) if e.raw_os_error() == Some(wharf_transport::ERROR_PIPE_BUSY) => {
+                        match retry.next_delay(std::time::Instant::now()) {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => {
+                                return Err(TransportError::PipeBusy {
+                                    pipe: name.clone(),
+                                    waited: retry.waited(std::time::Instant::now()),
+                                }
+                                .into());
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(TransportError::NotFound { endpoint: endpoint.to_string(), source: e }.into());
+                    }
+                    Err(e) => {
+                        return Err(
+                            TransportError::Io { op: "open pipe", endpoint: endpoint.to_string(), source: e }.into()
+                        );
+                    }
+                }
+            }
+        }
+        #[cfg(not(windows))]
+        Endpoint::Pipe(name) => {
+            Err(TransportError::InvalidName { input: name.clone(), reason: "named pipes exist only on Windows" }.into())
+        }
+    }
+}
+
+/// Accepts connections on any endpoint.
+#[derive(Debug)]
+pub struct Listener {
+    kind: Kind,
+    endpoint: Endpoint,
+}
+
+#[derive(Debug)]
+enum Kind {
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, #[allow(dead_code)] wharf_transport::SocketFileGuard),
+    Tcp(tokio::net::TcpListener),
+    #[cfg(windows)]
+    Pipe(PipeListener),
+}
+
+impl Listener {
+    /// Binds `endpoint` (inside a tokio runtime). Unix sockets get the
+    /// transport crate's safe bind: mode 0600 before the socket is
+    /// reachable, a live server never displaced, a stale file reclaimed.
+    /// Named pipes: the first instance is created with
+    /// `FILE_FLAG_FIRST_PIPE_INSTANCE` (fails if someone else holds the
+    /// name) and remote clients are rejected. TCP: loopback only unless
+    /// `options.tcp.allow_remote`.
+    pub fn bind(endpoint: &Endpoint, options: &BindOptions) -> io::Result<Listener> {
+        bind(endpoint, options).map_err(io::Error::from)
+    }
+
+    /// The endpoint it listens on.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The local TCP address (useful after binding port 0).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.kind {
+            Kind::Tcp(l) => l.local_addr().ok(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&mut self) -> io::Result<(Stream, PeerIdentity)> {
+        std::future::poll_fn(|cx| self.poll_accept_stream(cx)).await
+    }
+
+    /// Polls for the next connection.
+    pub fn poll_accept_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerIdentity)>> {
+        match &mut self.kind {
+            #[cfg(unix)]
+            Kind::Unix(l, _) => l.poll_accept(cx).map_ok(|(s, _)| {
+                let peer = wharf_transport::peer_credentials(&s).unwrap_or_default();
+                (Stream::Unix(s), peer)
+            }),
+            Kind::Tcp(l) => l.poll_accept(cx).map_ok(|(s, addr)| {
+                let _ = s.set_nodelay(true);
+                (Stream::Tcp(s), PeerIdentity { addr: Some(addr), ..Default::default() })
+            }),
+            #[cfg(windows)]
+            Kind::Pipe(p) => p.poll_accept(cx),
+        }
+    }
+}
+
+impl ByteListener for Listener {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, PeerIdentity)>> {
+        self.poll_accept_stream(cx).map_ok(|(s, p)| (Box::new(s) as Box<dyn ByteStream>, p))
+    }
+}
+
+fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Error> {
+    let kind = match endpoint {
+        #[cfg(unix)]
+        Endpoint::Unix(path) => {
+            let (l, guard) = wharf_transport::bind_unix(path, &options.unix)?;
+            l.set_nonblocking(true).map_err(|e| TransportError::Io {
+                op: "configure",
+                endpoint: endpoint.to_string(),
+                source: e,
+            })?;
+            let l = tokio::net::UnixListener::from_std(l).map_err(|e| TransportError::Io {
+                op: "register",
+                endpoint: endpoint.to_string(),
+                source: e,
+            })?;
+            Kind::Unix(l, guard)
+        }
+        #[cfg(not(unix))]
+        Endpoint::Unix(path) => {
+            return Err(TransportError::InvalidName {
+                input: path.display().to_string(),
+                reason: "Unix sockets are not supported by this adapter on this OS",
+            }
+            .into());
+        }
+        Endpoint::Tcp(addr) => {
+            let l = wharf_transport::bind_tcp(addr, &options.tcp)?;
+            l.set_nonblocking(true).map_err(|e| TransportError::Io {
+                op: "configure",
+                endpoint: endpoint.to_string(),
+                source: e,
+            })?;
+            Kind::Tcp(tokio::net::TcpListener::from_std(l).map_err(|e| TransportError::Io {
+                op: "register",
+                endpoint: endpoint.to_string(),
+                source: e,
+            })?)
+        }
+        #[cfg(windows)]
+        Endpoint::Pipe(name) => Kind::Pipe(PipeListener::bind(name)?),
+        #[cfg(not(windows))]
+        Endpoint::Pipe(name) => {
+            return Err(TransportError::InvalidName {
+                input: name.clone(),
+                reason: "named pipes exist only on Windows",
+            }
+            .into());
+        }
+    };
+    Ok(Listener { kind, endpoint: endpoint.clone() })
+}
+
+/// Named-pipe server: always one instance waiting for the next client,
+/// created before the connected one is handed off (no gap in which a
+/// client would find no instance).
+#[cfg(windows)]
+struct PipeListener {
+    name: String,
+    pending: Pin<Box<dyn std::future::Future<Output = io::Result<NamedPipeServer>> + Send>>,
+}
+
+#[cfg(windows)]
+impl std::fmt::Debug for PipeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeListener").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[cfg(windows)]
+impl PipeListener {
+    fn bind(name: &str) -> Result<PipeListener, Error> {
+        let first =
+            ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true).create(name).map_err(|e| {
+                TransportError::Io { op: "create first instance of pipe", endpoint: name.to_string(), source: e }
+            })?;
+        Ok(PipeListener { name: name.to_string(), pending: Self::wait(first) })
+    }
+
+    fn wait(server: NamedPipeServer) -> Pin<Box<dyn std::future::Future<Output = io::Result<NamedPipeServer>> + Send>> {
+        Box::pin(async move {
+            server.connect().await?;
+            Ok(server)
+        })
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerIdentity)>> {
+        let connected = match self.pending.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        // Create the next instance before handing this one off.
+        let next = ServerOptions::new().reject_remote_clients(true).create(&self.name)?;
+        self.pending = Self::wait(next);
+        let server = connected?;
+        let peer = wharf_transport::pipe_client_identity(&server).unwrap_or_default();
+        Poll::Ready(Ok((Stream::PipeServer(server), peer)))
+    }
+}
+
+/// The [`Network`] of this adapter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNetwork;
+
+impl Network for TokioNetwork {
+    fn connect(&self, endpoint: &Endpoint, timeout: Duration) -> ConnectFuture {
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            let (s, p) = connect(&endpoint, timeout).await?;
+            Ok((Box::new(s) as Box<dyn ByteStream>, p))
+        })
+    }
+
+    fn bind(&self, endpoint: &Endpoint, options: &BindOptions) -> Result<Box<dyn ByteListener>, Error> {
+        Ok(Box::new(bind(endpoint, options)?))
+    }
+}
