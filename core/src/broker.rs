@@ -154,8 +154,10 @@ pub enum BrokerEvent {
     /// [`next_delivery`](Broker::next_delivery) has returned `None`.
     Ready(SubscriberId),
     /// This subscriber overflowed a subscription whose policy is
-    /// [`SlowConsumerPolicy::Disconnect`]: close its connection with
-    /// GOODBYE `SLOW_CONSUMER`, then [`remove_subscriber`](Broker::remove_subscriber).
+    /// [`SlowConsumerPolicy::Disconnect`]: end its connection with
+    /// [`Connection::abort`](crate::Connection::abort) and `SLOW_CONSUMER`
+    /// (a graceful close would wait for a peer that is not reading), then
+    /// [`remove_subscriber`](Broker::remove_subscriber).
     Disconnect {
         /// The subscriber.
         subscriber: SubscriberId,

@@ -579,7 +579,7 @@ struct Link {
 /// - `BrokerEvent::Ready` and `Event::Writable` → drain the broker into the
 ///   connection with `deliver`/`deliver_lagged`, handing an item back with
 ///   `return_delivery` on `SendError::Blocked`;
-/// - `BrokerEvent::Disconnect` → close with `SLOW_CONSUMER`;
+/// - `BrokerEvent::Disconnect` → abort with `SLOW_CONSUMER` (it would not answer a graceful close);
 /// - `Event::Closed` → `remove_subscriber`.
 struct Hub {
     now: Instant,
@@ -683,7 +683,7 @@ impl Hub {
                 }
                 BrokerEvent::Disconnect { subscriber, .. } => {
                     let i = subscriber.0 as usize;
-                    self.links[i].server.close(Code::SLOW_CONSUMER, "slow consumer", None, now);
+                    self.links[i].server.abort(Code::SLOW_CONSUMER, "slow consumer", now);
                     self.broker.remove_subscriber(subscriber);
                     self.disconnects.push(e);
                 }

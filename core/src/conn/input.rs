@@ -383,16 +383,31 @@ impl Connection {
                     return self.unexpected(FrameType::Goodbye, "GOODBYE sent twice");
                 }
                 let reconnect_after = hint(g.reconnect_after_ms);
-                match &mut self.close {
-                    Some(c) => c.received = Some((g.code, g.message.clone(), reconnect_after)),
+                let received = Some((g.code, g.message.clone(), reconnect_after));
+                let answer = match &mut self.close {
+                    Some(c) => {
+                        c.received = received;
+                        !std::mem::replace(&mut c.goodbye_sent, true)
+                    }
                     None => {
                         self.close = Some(super::Closing {
-                            goodbye_sent: false,
+                            initiated_locally: false,
+                            goodbye_sent: true,
                             local: None,
-                            received: Some((g.code, g.message.clone(), reconnect_after)),
+                            received,
                             deadline: self.now + self.config.close_timeout,
-                        })
+                        });
+                        true
                     }
+                };
+                if answer {
+                    // Answer with our own GOODBYE: everything we sent before it
+                    // was sent before we knew, and the peer answers it.
+                    self.enqueue(&Frame::Goodbye(crate::wire::Goodbye {
+                        code: Code::OK,
+                        reconnect_after_ms: NO_HINT,
+                        message: Text::new(),
+                    }));
                 }
                 self.emit(Event::GoodbyeReceived { code: g.code, message: g.message, reconnect_after });
                 self.maybe_finish_close();

@@ -184,6 +184,8 @@ enum Op {
 
 #[derive(Debug)]
 struct Closing {
+    /// We sent GOODBYE first (`close`), rather than answering the peer's.
+    initiated_locally: bool,
     goodbye_sent: bool,
     local: Option<(Code, String)>,
     received: Option<(Code, Text, Option<Duration>)>,
@@ -569,11 +571,11 @@ impl Connection {
             return;
         }
         let mid_frame = (self.preamble_seen > 0 && self.preamble_seen < PREAMBLE.len()) || !self.recv.is_empty();
-        let err = match self.close.as_ref().and_then(|c| c.received.clone()) {
-            Some((code, message, reconnect_after)) if !mid_frame => {
-                ConnectionError::PeerClosed { code, message: message.to_string(), reconnect_after }
-            }
-            _ => ConnectionError::UnexpectedEof { mid_frame },
+        // After the peer's GOODBYE, end of stream is the normal end.
+        let err = if !mid_frame && self.close.as_ref().is_some_and(|c| c.received.is_some()) {
+            self.close_error()
+        } else {
+            ConnectionError::UnexpectedEof { mid_frame }
         };
         self.fail(err, None);
     }
@@ -807,8 +809,9 @@ impl Connection {
     }
 
     /// Server: refuses the client announced by [`Event::HandshakeRequest`]
-    /// (or any client still in its handshake). The connection ends with
-    /// [`ConnectionError::LocallyClosed`] once the REJECT is written.
+    /// (or any client still in its handshake). The connection ends at once
+    /// with [`ConnectionError::LocallyClosed`]; the REJECT stays in the
+    /// transmit queue for the driver to write before closing.
     pub fn reject(&mut self, code: Code, reason: &str, retry_after: Option<Duration>) -> Result<(), SendError> {
         if self.role != Role::Server || self.is_established() || self.is_closed() {
             return Err(self.state_error("reject is only valid on a server during the handshake"));
@@ -1252,11 +1255,12 @@ impl Connection {
     }
 
     /// Starts a graceful close: sends GOODBYE with `code`, `message` and
-    /// the reconnect hint, refuses new operations, finishes the calls in
-    /// flight in both directions (peer calls arriving from now on are
-    /// answered `SHUTTING_DOWN`, unprocessed), and ends with
-    /// [`Event::Closed`] once drained or after [`Config::close_timeout`].
-    /// During the handshake a server rejects the client instead.
+    /// the reconnect hint and refuses new local operations. Peer operations
+    /// that cross our GOODBYE are answered `SHUTTING_DOWN`, unprocessed. The
+    /// peer answers with its own GOODBYE; once both are exchanged and the
+    /// calls in flight in both directions have finished, the connection ends
+    /// with [`Event::Closed`] (or after [`Config::close_timeout`]). During
+    /// the handshake a server rejects the client instead.
     pub fn close(&mut self, code: Code, message: &str, reconnect_after: Option<Duration>, now: Instant) {
         self.tick(now);
         match self.state {
@@ -1280,6 +1284,7 @@ impl Connection {
             }
             None => {
                 self.close = Some(Closing {
+                    initiated_locally: true,
                     goodbye_sent: true,
                     local: Some((code, message.to_string())),
                     received: None,
@@ -1479,13 +1484,17 @@ impl Connection {
         self.transmit_dirty = true;
     }
 
+    /// The terminal error of a graceful close: ours if we started it, the
+    /// peer's (with its reconnect hint) if it did.
     fn close_error(&self) -> ConnectionError {
         match &self.close {
-            Some(Closing { received: Some((code, message, reconnect_after)), .. }) => ConnectionError::PeerClosed {
-                code: *code,
-                message: message.to_string(),
-                reconnect_after: *reconnect_after,
-            },
+            Some(Closing { initiated_locally: false, received: Some((code, message, reconnect_after)), .. }) => {
+                ConnectionError::PeerClosed {
+                    code: *code,
+                    message: message.to_string(),
+                    reconnect_after: *reconnect_after,
+                }
+            }
             Some(Closing { local: Some((code, message)), .. }) => {
                 ConnectionError::LocallyClosed { code: *code, message: message.clone() }
             }
@@ -1493,9 +1502,11 @@ impl Connection {
         }
     }
 
-    /// While closing: ends the connection once nothing is in flight.
+    /// While closing: ends the connection once both sides have said
+    /// goodbye (so every operation that crossed ours has been answered) and
+    /// nothing is in flight in either direction.
     fn maybe_finish_close(&mut self) {
-        if self.close.is_some()
+        if self.close.as_ref().is_some_and(|c| c.goodbye_sent && c.received.is_some())
             && !self.is_closed()
             && self.outgoing.is_empty()
             && self.incoming.is_empty()
