@@ -29,8 +29,8 @@ mod unix {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use wharf::broker::{Broker, BrokerConfig, Delivery, SubscriberId};
-    use wharf::{
+    use wharf::core::broker::{Broker, BrokerConfig, Delivery, SubscriberId};
+    use wharf::core::{
         Bytes, CallKind, CallOptions, Code, Config, Connection, Event, SlowConsumerPolicy, SubscribeOptions, Text,
         Timeout,
     };
@@ -207,7 +207,7 @@ mod unix {
             other => panic!("[client] {other:?}"),
         })?;
 
-        let outcome = |link: &mut Link, id| -> io::Result<Result<Bytes, wharf::CallError>> {
+        let outcome = |link: &mut Link, id| -> io::Result<Result<Bytes, wharf::core::CallError>> {
             let mut out = None;
             link.run(|conn, e| match e {
                 Event::StreamData { id: sid, payload } if sid == id => {

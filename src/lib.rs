@@ -2,14 +2,47 @@
 //!
 //! Local inter-process communication for Rust: request/response,
 //! notifications, publish/subscribe and streaming calls between processes
-//! on one machine.
+//! on one machine, over Unix domain sockets, Windows named pipes or TCP,
+//! on the runtime you already use.
 //!
-//! This facade re-exports the pieces by feature. Today it holds the
-//! protocol core, [`core`] (also re-exported at the top level); the runtime
-//! adapters (tokio, smol, async-std, mio) join it as they land.
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # async fn demo() -> Result<(), wharf::Error> {
+//! use wharf::{Context, Error, Router};
+//!
+//! let router = Router::new().unary("greet", |name: String, _: Context| async move {
+//!     Ok::<_, Error>(format!("hello, {name}"))
+//! });
+//! let server = wharf::tokio::server().router(router).bind("greeter").await?;
+//!
+//! let client = wharf::tokio::connect("greeter").await?;
+//! let reply: String = client.call("greet", "world").await?;
+//! assert_eq!(reply, "hello, world");
+//! server.shutdown("done", None).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - the endpoint API (this crate's top level, from `wharf-async`):
+//!   [`Router`], [`Context`], [`Session`]/[`Client`], [`Server`],
+//!   [`Subscription`], streaming [`Sender`]/[`Receiver`], [`Error`];
+//! - one module per runtime: [`tokio`] (feature `tokio`, on by default);
+//! - [`core`]: the sans-IO protocol state machine, for driving wharf from
+//!   your own event loop;
+//! - [`transport`]: endpoint names, safe socket binding, peer credentials.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use wharf_core as core;
-pub use wharf_core::*;
+pub use wharf_transport as transport;
+
+#[cfg(feature = "tokio")]
+pub use wharf_async::*;
+
+/// wharf on tokio: [`connect`](tokio::connect), [`client`](tokio::client),
+/// [`server`](tokio::server), and plain byte streams in [`net`](tokio::net).
+#[cfg(feature = "tokio")]
+pub mod tokio {
+    pub use wharf_tokio::*;
+}

@@ -13,10 +13,10 @@ use crate::io::{ByteListener, ByteStream};
 use crate::runtime::Runtime;
 
 /// A connected stream and who is at the other end.
-pub type Connected = (Box<dyn ByteStream>, PeerIdentity);
+pub type ConnectedStream = (Box<dyn ByteStream>, PeerIdentity);
 
 /// The future of [`Network::connect`].
-pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, Error>> + Send>>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<ConnectedStream, Error>> + Send>>;
 
 /// How a runtime opens and accepts connections on each transport.
 pub trait Network: Send + Sync + 'static {

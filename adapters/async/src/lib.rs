@@ -26,7 +26,7 @@ mod session;
 mod stream;
 
 pub use api::{Client, Session, Subscription, SubscriptionEvent};
-pub use backend::{Backend, BindOptions, ConnectFuture, Connected, IntoEndpoint, Network};
+pub use backend::{Backend, BindOptions, ConnectFuture, ConnectedStream, IntoEndpoint, Network};
 pub use client::ClientBuilder;
 pub use codec::{CONTENT_TYPE, Codec};
 pub use error::Error;
