@@ -135,14 +135,6 @@ pub enum ProtocolError {
         /// Call id of the stream.
         id: u64,
     },
-    /// The peer kept more calls in flight than it was allowed and would not stop.
-    #[error("peer exceeded {limit} {what} in flight")]
-    LimitExceeded {
-        /// What was counted.
-        what: &'static str,
-        /// The limit.
-        limit: u32,
-    },
 }
 
 /// The terminal error of a connection. Sticky and cheap to clone.

@@ -241,9 +241,9 @@ codes! {
     INVALID_REQUEST = 2;
     /// Too many calls in flight; the call was not processed.
     BUSY = 3;
-    /// The call's deadline passed.
+    /// The call's deadline passed (local outcome; not sent by the core).
     DEADLINE_EXCEEDED = 4;
-    /// The call was cancelled.
+    /// The call was cancelled (local outcome; not sent by the core).
     CANCELLED = 5;
     /// The handler failed.
     INTERNAL = 6;
@@ -255,7 +255,7 @@ codes! {
     UNAVAILABLE = 9;
     /// Subscription limit reached.
     TOO_MANY_SUBSCRIPTIONS = 10;
-    /// Topic empty (for an exact subscription), too long, or containing NUL.
+    /// Topic empty (for an exact subscription or a publish) or too long.
     INVALID_TOPIC = 11;
     /// No such subscription.
     UNKNOWN_SUBSCRIPTION = 12;
@@ -273,11 +273,13 @@ codes! {
     KEEPALIVE_TIMEOUT = 18;
     /// The server has too many connections (REJECT).
     TOO_MANY_CONNECTIONS = 19;
-    /// The handshake did not complete in time (REJECT or GOODBYE).
+    /// The handshake did not complete in time (REJECT).
     HANDSHAKE_TIMEOUT = 20;
-    /// The peer did not read what was sent to it (GOODBYE).
+    /// The peer did not read what was sent to it (a local reason: the
+    /// connection is dropped without a GOODBYE, since the peer is not reading).
     PEER_NOT_READING = 21;
-    /// A message exceeded a size limit.
+    /// A message exceeded a size limit (sent by adapters when a response
+    /// does not fit the caller's `max_frame_size`).
     TOO_LARGE = 22;
     /// The connection went away before the operation completed (local only).
     CONNECTION_LOST = 23;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Pair, config};
-use wharf_core::wire::{ErrorBody, Frame, FrameType, Hello, PREAMBLE, Request, Welcome};
+use wharf_core::wire::{ErrorBody, Frame, FrameType, Goodbye, Hello, NO_HINT, Notify, PREAMBLE, Request, Welcome};
 use wharf_core::{
     Bytes, CallError, CallKind, CallOptions, CancelReason, Code, Config, Connection, ConnectionError, Event, Metadata,
     ProtocolError, RequestId, SendError, Text, Timeout,
@@ -847,4 +847,150 @@ fn callee_deadline_never_passes_before_the_callers_even_beyond_u32_milliseconds(
             d - t0
         );
     }
+}
+
+// ----------------------------------------------------------------------
+// Rules added after the first protocol review
+// ----------------------------------------------------------------------
+
+#[test]
+fn notify_after_the_peers_goodbye_is_a_protocol_error() {
+    let mut s = Solo::server(config());
+    s.feed(&[Frame::Goodbye(Goodbye { code: Code::OK, reconnect_after_ms: NO_HINT, message: Text::new() })]);
+    let evs = s.take();
+    assert!(matches!(evs.as_slice(), [Event::GoodbyeReceived { .. }, Event::Closed(_)]), "{evs:?}");
+    // With nothing in flight both goodbyes end it at once; a fresh one shows
+    // the rule while a call keeps the connection draining.
+    let mut s = Solo::server(config());
+    s.feed(&[req(1, "work", b"")]);
+    assert!(matches!(s.take().as_slice(), [Event::Request(_)]));
+    s.sent();
+    s.feed(&[
+        Frame::Goodbye(Goodbye { code: Code::OK, reconnect_after_ms: NO_HINT, message: Text::new() }),
+        Frame::Notify(Notify {
+            method: Text::from("late"),
+            trace_id: None,
+            metadata: Default::default(),
+            payload: Bytes::new(),
+        }),
+    ]);
+    let evs = s.take();
+    assert!(matches!(evs[0], Event::GoodbyeReceived { .. }), "{evs:?}");
+    assert!(
+        matches!(evs.last(), Some(Event::Closed(ConnectionError::Protocol(ProtocolError::UnexpectedFrame { frame, .. })))
+            if *frame == FrameType::Notify),
+        "{evs:?}"
+    );
+    assert!(!evs.iter().any(|e| matches!(e, Event::Notification(_))), "the late NOTIFY was delivered");
+}
+
+#[test]
+fn credit_for_a_direction_without_data_is_a_protocol_error() {
+    // The caller of a unary call never sends DATA, so it must never get CREDIT.
+    let mut s = Solo::client(config());
+    let id = s.conn.request("m", Bytes::new(), CallOptions::new(), s.now).unwrap();
+    s.pump();
+    s.sent();
+    s.feed(&[Frame::Credit { id: id.0, increment: 10 }]);
+    assert_protocol_close(&mut s, |e| matches!(e, ProtocolError::Stream { id: i, .. } if *i == id.0));
+
+    // The caller of a server-stream call receives DATA; it does not send it.
+    let mut s = Solo::client(config());
+    let opts = CallOptions::new().kind(CallKind::ServerStream);
+    let id = s.conn.request("m", Bytes::new(), opts, s.now).unwrap();
+    s.pump();
+    s.sent();
+    s.feed(&[Frame::Credit { id: id.0, increment: 10 }]);
+    assert_protocol_close(&mut s, |e| matches!(e, ProtocolError::Stream { .. }));
+
+    // The callee of a client-stream call receives DATA; it does not send it.
+    let mut s = Solo::server(config());
+    let mut r = req(1, "m", b"");
+    if let Frame::Request(ref mut q) = r {
+        q.kind = CallKind::ClientStream;
+    }
+    s.feed(&[r]);
+    s.take();
+    s.feed(&[Frame::Credit { id: 1, increment: 10 }]);
+    assert_protocol_close(&mut s, |e| matches!(e, ProtocolError::Stream { id: 1, .. }));
+
+    // Where DATA flows, CREDIT is fine: the caller of a client-stream call.
+    let mut s = Solo::client(config());
+    let id = s.conn.request("m", Bytes::new(), CallOptions::new().kind(CallKind::ClientStream), s.now).unwrap();
+    s.pump();
+    s.feed(&[Frame::Credit { id: id.0, increment: 10 }]);
+    assert!(s.conn.is_established());
+}
+
+#[test]
+fn a_peer_announcing_more_than_the_ceiling_is_held_to_the_ceiling() {
+    let now = Instant::now();
+    let mut conn = Connection::client(Arc::new(config()), Bytes::new(), now).unwrap();
+    let mut w = welcome_of(&config());
+    if let Frame::Welcome(ref mut w) = w {
+        w.max_frame_size = u32::MAX;
+    }
+    let mut input = PREAMBLE.to_vec();
+    input.extend(encode(&[w]));
+    conn.handle_input(&input, now);
+    assert!(conn.is_established());
+    assert_eq!(conn.peer_limits().max_frame_size, wharf_core::wire::MAX_FRAME_SIZE_CEILING);
+    let big = Bytes::from(vec![0u8; wharf_core::wire::MAX_FRAME_SIZE_CEILING as usize]);
+    assert!(matches!(
+        conn.request("m", big, CallOptions::new(), now),
+        Err(SendError::TooLarge { limit, .. }) if limit == wharf_core::wire::MAX_FRAME_SIZE_CEILING
+    ));
+}
+
+#[test]
+fn goodbye_and_reject_text_fit_the_smallest_frame_limit_a_peer_may_announce() {
+    let mut s = Solo::server(config());
+    let long = "é".repeat(2000); // 4000 bytes, 2-byte characters
+    s.conn.close(Code::OK, &long, None, s.now);
+    s.pump();
+    let sent = s.sent();
+    let [Frame::Goodbye(g)] = sent.as_slice() else { panic!("{sent:?}") };
+    assert!(g.message.len() <= 1000 && g.message.len() >= 999, "{}", g.message.len());
+    assert!(Frame::Goodbye(g.clone()).body_len().unwrap() <= 1024);
+
+    let now = Instant::now();
+    let mut server = Connection::server(Arc::new(config()), now).unwrap();
+    let mut input = PREAMBLE.to_vec();
+    input.extend(encode(&[hello_of(&config())]));
+    server.handle_input(&input, now);
+    server.reject(Code::AUTH_FAILED, &long, None).unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = server.poll_transmit(now) {
+        out.extend_from_slice(&c);
+    }
+    let frames = decode_all(&out[8..]);
+    let [Frame::Reject(r)] = frames.as_slice() else { panic!("{frames:?}") };
+    assert!(r.reason.len() <= 1000);
+    assert!(Frame::Reject(r.clone()).body_len().unwrap() <= 1024);
+}
+
+#[test]
+fn keepalive_does_not_blame_the_peer_while_we_are_the_ones_not_reading() {
+    let mut cfg = config();
+    cfg.keepalive_interval = Some(ms(1000));
+    cfg.max_inbound_buffered = 4096;
+    let mut p = Pair::connected_with(cfg.clone(), cfg);
+    // The server's application stops taking events: enough notifications
+    // fill its inbound budget and it stops reading.
+    for _ in 0..8 {
+        p.client.conn.notify("n", Bytes::from(vec![0u8; 1000]), CallOptions::new()).unwrap();
+    }
+    p.server.reading = false;
+    // Deliver by hand without polling the server's events.
+    let now = p.now;
+    while let Some(c) = p.client.conn.poll_transmit(now) {
+        p.server.conn.handle_input(&c, now);
+    }
+    assert!(!p.server.conn.wants_read());
+    for _ in 0..10 {
+        p.now += ms(1000);
+        p.server.conn.handle_timeout(p.now);
+    }
+    assert!(!p.server.conn.is_closed(), "declared the peer dead for our own backlog: {:?}", p.server.conn.error());
+    assert_eq!(p.server.conn.stats().keepalive_timeouts, 0);
 }

@@ -13,8 +13,8 @@ use crate::event::{
 };
 use crate::text::Text;
 use crate::wire::{
-    Code, ErrorBody, Frame, FrameType, HEADER_LEN, Header, Hello, MAX_VERSION, MIN_VERSION, NO_HINT, Notify, PREAMBLE,
-    Reject, Request, Welcome,
+    Code, ErrorBody, Frame, FrameType, HEADER_LEN, Header, Hello, MAX_FRAME_SIZE_CEILING, MAX_VERSION, MIN_VERSION,
+    NO_HINT, Notify, PREAMBLE, Reject, Request, Welcome,
 };
 
 use super::MIN_PEER_FRAME;
@@ -164,7 +164,7 @@ impl Connection {
             if h.keepalive_ms > 0 && asked < ours { asked.max(MIN_KEEPALIVE) } else { ours }
         });
         self.peer = PeerLimits {
-            max_frame_size: h.max_frame_size,
+            max_frame_size: h.max_frame_size.min(MAX_FRAME_SIZE_CEILING),
             max_in_flight: h.max_in_flight,
             max_streams: h.max_streams,
             max_subscriptions: 0,
@@ -196,7 +196,7 @@ impl Connection {
         self.keepalive =
             (w.keepalive_ms > 0).then(|| Duration::from_millis(u64::from(w.keepalive_ms)).max(MIN_KEEPALIVE));
         self.peer = PeerLimits {
-            max_frame_size: w.max_frame_size,
+            max_frame_size: w.max_frame_size.min(MAX_FRAME_SIZE_CEILING),
             max_in_flight: w.max_in_flight,
             max_streams: w.max_streams,
             max_subscriptions: w.max_subscriptions,
@@ -516,6 +516,9 @@ impl Connection {
     }
 
     fn on_notify(&mut self, n: Notify) {
+        if self.peer_said_goodbye() {
+            return self.unexpected(FrameType::Notify, "sent after GOODBYE");
+        }
         if n.method.is_empty()
             || n.method.len() > self.config.max_method_len as usize
             || n.metadata.len() > self.config.max_metadata_entries as usize
@@ -600,6 +603,17 @@ impl Connection {
     }
 
     fn on_credit(&mut self, id: u64, increment: u32) {
+        // CREDIT is for the direction we send in: a caller that sends
+        // (client-stream, bidi) or a callee that sends (server-stream, bidi).
+        let sends = match (self.outgoing.get(&id), self.incoming.get(&id)) {
+            (Some(c), _) => Some(c.kind.caller_sends()),
+            (_, Some(c)) => Some(c.kind.callee_sends()),
+            _ => None,
+        };
+        if sends == Some(false) {
+            return self
+                .protocol_error(ProtocolError::Stream { id, reason: "CREDIT for a direction that carries no DATA" });
+        }
         let (credit, blocked) = if let Some(c) = self.outgoing.get_mut(&id) {
             (&mut c.send_credit, &mut c.send_blocked)
         } else if let Some(c) = self.incoming.get_mut(&id) {

@@ -199,6 +199,9 @@ struct Ping {
     user: bool,
 }
 
+/// Longest GOODBYE message or REJECT reason we send: with the fixed fields
+/// the frame stays under the smallest `max_frame_size` a peer may announce.
+const MAX_REASON: usize = 1000;
 /// Most user pings outstanding at once.
 const MAX_PINGS: usize = 64;
 /// Smallest `max_frame_size` a peer may announce.
@@ -619,6 +622,12 @@ impl Connection {
             return;
         }
         if let Some(k) = self.keepalive {
+            if self.event_bytes >= self.config.max_inbound_buffered {
+                // We stopped reading (the application is behind): silence
+                // from the peer proves nothing about it.
+                self.last_recv = now;
+                self.keepalive_outstanding = false;
+            }
             if now >= self.last_recv + k * 3 {
                 self.stats.keepalive_timeouts = 1;
                 self.fail(
@@ -816,7 +825,7 @@ impl Connection {
         if self.role != Role::Server || self.is_established() || self.is_closed() {
             return Err(self.state_error("reject is only valid on a server during the handshake"));
         }
-        let reason = truncate_str(reason, 1024);
+        let reason = truncate_str(reason, MAX_REASON);
         self.send_reject(code, reason, retry_after.map_or(NO_HINT, duration_ms));
         self.fail(ConnectionError::LocallyClosed { code, message: reason.to_string() }, None);
         Ok(())
@@ -1275,7 +1284,7 @@ impl Connection {
                 return;
             }
         }
-        let message = truncate_str(message, 1024);
+        let message = truncate_str(message, MAX_REASON);
         match &mut self.close {
             Some(c) if c.goodbye_sent => return,
             Some(c) => {
@@ -1307,7 +1316,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        let message = truncate_str(message, 1024).to_string();
+        let message = truncate_str(message, MAX_REASON).to_string();
         self.fail(ConnectionError::LocallyClosed { code, message: message.clone() }, Some((code, message)));
     }
 
@@ -1531,7 +1540,7 @@ impl Connection {
             self.enqueue(&Frame::Goodbye(Goodbye {
                 code,
                 reconnect_after_ms: NO_HINT,
-                message: Text::from(truncate_str(&message, 1024).to_string()),
+                message: Text::from(truncate_str(&message, MAX_REASON).to_string()),
             }));
         }
         let mut ids: Vec<u64> = self.outgoing.keys().copied().collect();
