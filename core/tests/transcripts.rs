@@ -1090,3 +1090,27 @@ fn second_goodbye_from_the_same_side_is_a_protocol_error() {
 fn goodbye_answer() -> Event {
     Event::GoodbyeReceived { code: Code::OK, message: Text::new(), reconnect_after: None }
 }
+
+/// A side that read the peer's GOODBYE and its end of stream in one batch
+/// ends with its answering GOODBYE still queued. When writing it then fails
+/// (the peer is gone), the queue must be dropped, or a driver that writes
+/// until the queue is empty would retry forever.
+#[test]
+fn a_write_error_after_the_end_drops_what_is_queued() {
+    let mut p = Pair::connected();
+    let now = p.now;
+    p.server.conn.abort(Code::OK, "gone", now);
+    // Deliver the server's GOODBYE and its EOF to the client in one go,
+    // without letting the client write.
+    while let Some(c) = p.server.conn.poll_transmit(now) {
+        p.client.conn.handle_input(&c, now);
+    }
+    p.client.conn.handle_eof(now);
+    assert!(p.client.conn.is_closed());
+    assert!(p.client.conn.wants_write(), "the answering GOODBYE is queued");
+    let broken = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+    p.client.conn.handle_transport_error(&broken, now);
+    assert!(!p.client.conn.wants_write(), "a failed write must drop the queue");
+    assert_eq!(p.client.conn.transmit_len(), 0);
+    assert!(matches!(p.client.conn.error(), Some(ConnectionError::PeerClosed { .. })), "the first ending stays");
+}

@@ -219,7 +219,7 @@ impl Session {
             .inner
             .send_state(|st| {
                 let id = st.conn.subscribe(topic.clone(), options)?;
-                st.subs.insert(id.0, SubSlot::default());
+                st.subs.insert(id.0, SubSlot { policy: options.policy, ..SubSlot::default() });
                 Ok(id)
             })
             .await?;
@@ -368,7 +368,7 @@ impl Inner {
                     st.writable.push(cx.waker().clone());
                     Poll::Pending
                 }
-                Err(e) => Poll::Ready(Err(e.into())),
+                Err(e) => Poll::Ready(Err(st.send_error(e))),
             }
         })
         .await

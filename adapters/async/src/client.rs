@@ -77,8 +77,11 @@ impl ClientBuilder {
         self
     }
 
-    /// Messages buffered per subscription before the oldest are dropped
-    /// (and reported as lag). Default 1024.
+    /// Messages buffered per subscription, locally, before the
+    /// subscription's [`SlowConsumerPolicy`](wharf_core::SlowConsumerPolicy)
+    /// applies (as it does in the server's broker): drop the oldest and report
+    /// the loss as [`SubscriptionEvent::Lagged`](crate::SubscriptionEvent::Lagged),
+    /// or end the subscription with [`Error::SlowConsumer`]. Default 1024.
     pub fn subscription_buffer(mut self, messages: usize) -> Self {
         self.sub_queue = messages.max(1);
         self

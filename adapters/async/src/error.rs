@@ -37,6 +37,13 @@ pub enum Error {
     /// The server refused a subscribe or publish.
     #[error("refused by the server: {0}")]
     Refused(Code),
+    /// A subscription with [`SlowConsumerPolicy::Disconnect`](wharf_core::SlowConsumerPolicy::Disconnect)
+    /// fell more than `buffered` messages behind its reader and was ended.
+    #[error("subscription ended: its reader fell more than {buffered} messages behind (policy: disconnect)")]
+    SlowConsumer {
+        /// The local buffer limit that was exceeded.
+        buffered: usize,
+    },
     /// A local limit or misuse (see [`SendError`]).
     #[error(transparent)]
     Send(SendError),
@@ -97,6 +104,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Remote { code, .. } | Error::Refused(code) => *code,
+            Error::SlowConsumer { .. } => Code::SLOW_CONSUMER,
             Error::TimedOut(_) => Code::DEADLINE_EXCEEDED,
             Error::Cancelled => Code::CANCELLED,
             Error::ConnectionLost(_) => Code::CONNECTION_LOST,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wharf_core::broker::PublishReport;
 use wharf_core::{CallKind, Code, IncomingCall, IncomingNotification, Metadata, RequestId, SendError, Text, TraceId};
 use wharf_transport::PeerIdentity;
 
@@ -296,6 +297,24 @@ impl Context {
     /// The connection the call came on: use it to call the peer back.
     pub fn session(&self) -> Session {
         Session { inner: self.inner.clone() }
+    }
+
+    /// Server handlers: publishes a typed message through the server's
+    /// broker (the codec is the server's). On a client's handlers (peer
+    /// mode) use [`Session::publish`] instead.
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<PublishReport, Error> {
+        let link = self.inner.server.as_ref().ok_or(Error::Send(SendError::InvalidState(
+            "only a server's handlers publish through the broker; use Session::publish",
+        )))?;
+        Ok(link.publish_local(topic, self.inner.codec.encode(value)?))
+    }
+
+    /// Server handlers: publishes raw bytes through the server's broker.
+    pub fn publish_raw(&self, topic: &str, payload: Bytes) -> Result<PublishReport, Error> {
+        let link = self.inner.server.as_ref().ok_or(Error::Send(SendError::InvalidState(
+            "only a server's handlers publish through the broker; use Session::publish_raw",
+        )))?;
+        Ok(link.publish_local(topic, payload))
     }
 
     /// Whether the call was cancelled (by the caller, its deadline, or the

@@ -217,6 +217,11 @@ impl ServerLink {
         }
     }
 
+    /// Publishes from a handler (no connection state is locked here).
+    pub(crate) fn publish_local(&self, topic: &str, payload: Bytes) -> PublishReport {
+        self.shared.publish(&Text::from(topic.to_string()), &payload)
+    }
+
     /// Moves deliveries from the broker into the connection while it has
     /// room. Returns whether anything moved.
     pub(crate) fn pump(&self, st: &mut State) -> bool {

@@ -88,6 +88,7 @@ pub(crate) enum SubItem {
 
 #[derive(Default)]
 pub(crate) struct SubSlot {
+    pub(crate) policy: wharf_core::SlowConsumerPolicy,
     pub(crate) queue: VecDeque<SubItem>,
     pub(crate) ack: Option<Result<(), Error>>,
     pub(crate) ended: Option<Error>,
@@ -163,6 +164,23 @@ impl State {
     /// The error operations get once the connection is gone.
     pub(crate) fn closed_error(&self) -> Option<Error> {
         self.closed.clone().map(Error::ConnectionLost)
+    }
+
+    /// Maps a refused command to the error the caller sees. A command
+    /// refused because the connection is closing gets the same error as one
+    /// that crossed the peer's GOODBYE: `SHUTTING_DOWN`, not processed.
+    pub(crate) fn send_error(&self, e: SendError) -> Error {
+        match e {
+            SendError::Closing => Error::Remote {
+                code: Code::SHUTTING_DOWN,
+                message: match &self.goodbye {
+                    Some(g) if !g.message.is_empty() => format!("the connection is closing: {}", g.message),
+                    _ => "the connection is closing; the operation was not sent".to_string(),
+                },
+                data: Bytes::new(),
+            },
+            other => other.into(),
+        }
     }
 }
 
@@ -241,7 +259,7 @@ impl Inner {
                 st.writable.push(cx.waker().clone());
                 Poll::Pending
             }
-            Err(e) => Poll::Ready(Err(e.into())),
+            Err(e) => Poll::Ready(Err(st.send_error(e))),
         }
     }
 
@@ -343,6 +361,7 @@ impl<S: ByteStream> Driver<S> {
                 }
                 Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => {
+                    // The core drops everything queued: the peer is gone.
                     st.conn.handle_transport_error(&e, inner.runtime.now());
                     progress = true;
                     break;
@@ -528,20 +547,10 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
             }
         }
         Event::Message { subscription, topic, payload } => {
-            let limit = inner.sub_queue_limit;
-            if let Some(s) = st.subs.get_mut(&subscription.0) {
-                push_sub_item(s, SubItem::Message(topic, payload), limit);
-                let w = s.waker.take();
-                st.wake(w);
-            }
+            push_sub_item(inner, st, subscription, SubItem::Message(topic, payload));
         }
         Event::Lagged { subscription, dropped } => {
-            let limit = inner.sub_queue_limit;
-            if let Some(s) = st.subs.get_mut(&subscription.0) {
-                push_sub_item(s, SubItem::Lagged(dropped), limit);
-                let w = s.waker.take();
-                st.wake(w);
-            }
+            push_sub_item(inner, st, subscription, SubItem::Lagged(dropped));
         }
         Event::Pong { id, rtt } => {
             if let Some(s) = st.pings.get_mut(&id) {
@@ -602,16 +611,33 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
     }
 }
 
-/// Queues a subscription item, dropping the oldest message past `limit`
-/// (the loss is reported to the reader as lag, like the server's policy).
-fn push_sub_item(s: &mut SubSlot, item: SubItem, limit: usize) {
+/// Queues a subscription item. Past the local buffer limit, the
+/// subscription's policy decides, as it does in the server's broker: drop the
+/// oldest message and report the loss as lag, or end the subscription with
+/// [`Error::SlowConsumer`] (and unsubscribe).
+fn push_sub_item(inner: &Inner, st: &mut State, id: wharf_core::SubscriptionId, item: SubItem) {
+    let limit = inner.sub_queue_limit;
+    let Some(s) = st.subs.get_mut(&id.0) else { return };
+    if s.ended.is_some() {
+        return;
+    }
     if let SubItem::Lagged(n) = item
         && let Some(SubItem::Lagged(m)) = s.queue.back_mut()
     {
         *m += n;
+        let w = s.waker.take();
+        st.wake(w);
         return;
     }
     s.queue.push_back(item);
+    if s.queue.len() > limit && s.policy == wharf_core::SlowConsumerPolicy::Disconnect {
+        s.queue.clear();
+        s.ended = Some(Error::SlowConsumer { buffered: limit });
+        let w = s.waker.take();
+        st.wake(w);
+        let _ = st.conn.unsubscribe(id);
+        return;
+    }
     let mut dropped = 0u64;
     while s.queue.len() > limit {
         match s.queue.pop_front() {
@@ -623,6 +649,8 @@ fn push_sub_item(s: &mut SubSlot, item: SubItem, limit: usize) {
     if dropped > 0 {
         s.queue.push_front(SubItem::Lagged(dropped));
     }
+    let w = s.waker.take();
+    st.wake(w);
 }
 
 /// Marks a call's outcome as unwanted: cancels it if still running.

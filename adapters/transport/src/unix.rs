@@ -14,8 +14,9 @@ use crate::endpoint::check_unix_path;
 use crate::error::TransportError;
 use crate::{PeerIdentity, UnixBindOptions};
 
-/// Keeps a bound socket's file and lock: removes the socket file on drop
-/// (only if it is still the one we created) and releases the lock.
+/// Keeps a bound socket's file and lock: on drop removes the socket file
+/// (only if it is still the one we created) and the lock file, then
+/// releases the lock.
 #[derive(Debug)]
 pub struct SocketFileGuard {
     path: PathBuf,
@@ -38,6 +39,15 @@ impl Drop for SocketFileGuard {
             && file_id(&m) == self.id
         {
             let _ = fs::remove_file(&self.path);
+        }
+        // Remove the lock file while still holding the lock (a server that
+        // opened it meanwhile notices and retries with a fresh file).
+        let lock_file = lock_path(&self.path);
+        if let (Ok(held), Ok(m)) = (self._lock.metadata(), fs::symlink_metadata(&lock_file))
+            && held.dev() == m.dev()
+            && held.ino() == m.ino()
+        {
+            let _ = fs::remove_file(&lock_file);
         }
     }
 }
@@ -78,22 +88,7 @@ pub fn bind_unix(path: &Path, options: &UnixBindOptions) -> Result<(UnixListener
     prepare_dir(&parent, options.create_parent)?;
 
     let lock_file = lock_path(path);
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&lock_file)
-        .map_err(|e| TransportError::io("open lock file", lock_file.display(), e))?;
-    match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            return Err(TransportError::Locked { path: path.to_path_buf(), lock: lock_file });
-        }
-        Err(e) => return Err(TransportError::io("lock", lock_file.display(), e.into())),
-    }
+    let lock = take_lock(path, &lock_file)?;
 
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
@@ -123,6 +118,37 @@ pub fn bind_unix(path: &Path, options: &UnixBindOptions) -> Result<(UnixListener
 
 fn file_id(m: &fs::Metadata) -> (u64, u64, i64, i64) {
     (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+/// Opens and exclusively locks `lock_file`. The previous owner removes the
+/// file when it stops (while still holding the lock), so after locking we
+/// check that the file we hold is still the one at the path; if not, we
+/// locked a file that was just removed, and try again with a fresh one.
+fn take_lock(path: &Path, lock_file: &Path) -> Result<File, TransportError> {
+    for _ in 0..16 {
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(lock_file)
+            .map_err(|e| TransportError::io("open lock file", lock_file.display(), e))?;
+        match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(TransportError::Locked { path: path.to_path_buf(), lock: lock_file.to_path_buf() });
+            }
+            Err(e) => return Err(TransportError::io("lock", lock_file.display(), e.into())),
+        }
+        let held = lock.metadata().map_err(|e| TransportError::io("stat lock file", lock_file.display(), e))?;
+        match fs::symlink_metadata(lock_file) {
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => return Ok(lock),
+            _ => continue,
+        }
+    }
+    Err(TransportError::Locked { path: path.to_path_buf(), lock: lock_file.to_path_buf() })
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]

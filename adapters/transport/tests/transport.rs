@@ -233,3 +233,19 @@ mod unix {
         fs::metadata(f.path()).unwrap().uid()
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn the_lock_file_goes_away_with_the_server_and_binds_still_exclude_each_other() {
+    let d = tempfile::Builder::new().prefix("wt").tempdir_in("/tmp").unwrap();
+    let p = d.path().join("l.sock");
+    let lock = wharf_transport::lock_path(&p);
+    for _ in 0..3 {
+        let first = wharf_transport::bind_unix(&p, &Default::default()).unwrap();
+        assert!(lock.exists());
+        assert!(matches!(wharf_transport::bind_unix(&p, &Default::default()), Err(TransportError::Locked { .. })));
+        drop(first);
+        assert!(!lock.exists(), "lock file left behind");
+        assert!(!p.exists(), "socket file left behind");
+    }
+}

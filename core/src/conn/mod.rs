@@ -586,10 +586,13 @@ impl Connection {
     /// The transport failed; every pending operation fails with this error.
     pub fn handle_transport_error(&mut self, error: &std::io::Error, now: Instant) {
         self.tick(now);
+        // Nothing queued can be written any more, even if the connection had
+        // already ended (a final GOODBYE that the peer will never read).
+        self.out.clear();
+        self.stall_since = None;
         if self.is_closed() {
             return;
         }
-        self.out.clear();
         self.fail(ConnectionError::transport(error), None);
     }
 
