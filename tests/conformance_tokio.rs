@@ -1,4 +1,5 @@
-//! The conformance suite on the tokio adapter, over Unix sockets and TCP.
+//! The conformance suite on the tokio adapter, over Unix sockets, TCP and
+//! (on Windows, and under Wine in CI) named pipes.
 
 #[macro_use]
 mod conformance;
@@ -32,3 +33,5 @@ impl Adapter for TokioAdapter {
 #[cfg(unix)]
 conformance!(tokio_unix, TokioAdapter, Unix);
 conformance!(tokio_tcp, TokioAdapter, Tcp);
+#[cfg(windows)]
+conformance!(tokio_pipe, TokioAdapter, Pipe);

@@ -59,6 +59,8 @@ pub enum Transport {
     Unix,
     /// TCP on 127.0.0.1, a free port per endpoint.
     Tcp,
+    /// Windows named pipes, a fresh name per endpoint.
+    Pipe,
 }
 
 /// Bound on one whole case, so a hang fails the test instead of the run.
@@ -151,6 +153,13 @@ impl Env {
         match self.transport {
             Transport::Unix => Endpoint::unix(self.dir().join(format!("s{n}.sock"))),
             Transport::Tcp => Endpoint::tcp(format!("127.0.0.1:{}", free_port())),
+            Transport::Pipe => {
+                // Pipe names are global: number them per process, not per case.
+                static PIPES: AtomicUsize = AtomicUsize::new(0);
+                let k = PIPES.fetch_add(1, Ordering::Relaxed);
+                let _ = n;
+                Endpoint::pipe(&format!("wharf-conformance-{}-{k}", std::process::id())).expect("a valid pipe name")
+            }
         }
     }
 
@@ -584,4 +593,22 @@ macro_rules! conformance_cases {
             }
         )*
     };
+}
+
+/// Whether this process runs under Wine (its ntdll exports `wine_get_version`).
+#[cfg(windows)]
+pub fn under_wine() -> bool {
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+    // SAFETY: both strings are NUL-terminated literals; ntdll is always
+    // loaded, and a null module handle is checked before use.
+    unsafe {
+        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
+    }
+}
+
+/// Whether this process runs under Wine (never, off Windows).
+#[cfg(not(windows))]
+pub fn under_wine() -> bool {
+    false
 }

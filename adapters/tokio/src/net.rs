@@ -339,7 +339,15 @@ impl PipeListener {
     fn bind(name: &str) -> Result<PipeListener, Error> {
         let first =
             ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true).create(name).map_err(|e| {
-                TransportError::Io { op: "create first instance of pipe", endpoint: name.to_string(), source: e }
+                match e.kind() {
+                    // FILE_FLAG_FIRST_PIPE_INSTANCE: someone else holds the name.
+                    io::ErrorKind::PermissionDenied => TransportError::PipeInUse { pipe: name.to_string() },
+                    _ => TransportError::Io {
+                        op: "create first instance of pipe",
+                        endpoint: name.to_string(),
+                        source: e,
+                    },
+                }
             })?;
         Ok(PipeListener { name: name.to_string(), pending: Self::wait(first) })
     }

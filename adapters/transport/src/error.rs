@@ -71,6 +71,13 @@ pub enum TransportError {
         /// The OS error.
         source: io::Error,
     },
+    /// Another process already owns this pipe name (creating the first
+    /// instance with `FILE_FLAG_FIRST_PIPE_INSTANCE` was denied).
+    #[error("pipe {pipe:?} is already in use by another server")]
+    PipeInUse {
+        /// The pipe name.
+        pipe: String,
+    },
     /// Every named-pipe instance stayed busy until the deadline.
     #[error("all instances of pipe {pipe:?} stayed busy for {waited:?}")]
     PipeBusy {
@@ -109,7 +116,9 @@ impl TransportError {
     pub fn kind(&self) -> io::ErrorKind {
         match self {
             TransportError::PathTooLong { .. } | TransportError::InvalidName { .. } => io::ErrorKind::InvalidInput,
-            TransportError::AddrInUse { .. } | TransportError::Locked { .. } => io::ErrorKind::AddrInUse,
+            TransportError::AddrInUse { .. } | TransportError::Locked { .. } | TransportError::PipeInUse { .. } => {
+                io::ErrorKind::AddrInUse
+            }
             TransportError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
             TransportError::UnsafeDirectory { .. } | TransportError::NonLoopback { .. } => {
                 io::ErrorKind::PermissionDenied
