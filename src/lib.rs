@@ -46,3 +46,8 @@ pub use wharf_async::*;
 pub mod tokio {
     pub use wharf_tokio::*;
 }
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
