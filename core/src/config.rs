@@ -108,6 +108,9 @@ impl Config {
         if self.name.len() > 1024 {
             return Err(err("name", self.name.len(), "must be at most 1024 bytes"));
         }
+        if self.name.contains('\0') {
+            return Err(err("name", format!("{:?}", self.name), "must not contain NUL"));
+        }
         if self.max_frame_size < 1024 || self.max_frame_size > MAX_FRAME_SIZE_CEILING {
             return Err(err("max_frame_size", self.max_frame_size, "must be in 1024..=134217728 (128 MiB)"));
         }

@@ -994,3 +994,47 @@ fn keepalive_does_not_blame_the_peer_while_we_are_the_ones_not_reading() {
     assert!(!p.server.conn.is_closed(), "declared the peer dead for our own backlog: {:?}", p.server.conn.error());
     assert_eq!(p.server.conn.stats().keepalive_timeouts, 0);
 }
+
+/// Text the application supplies (error messages, goodbye messages, reject
+/// reasons) may contain NUL, which the wire forbids in strings: it is
+/// replaced, so the peer never sees a malformed frame because of it.
+#[test]
+fn nul_in_application_text_never_reaches_the_wire() {
+    let mut p = Pair::connected();
+    let now = p.now;
+    let id = p.client.conn.request("m", Bytes::new(), CallOptions::new(), now).unwrap();
+    p.drive();
+    let evs = p.server.take();
+    let [Event::Request(call)] = evs.as_slice() else { panic!("{evs:?}") };
+    p.server.conn.respond_error(call.id, Code(1000), "bad\0thing", Bytes::new()).unwrap();
+    p.drive();
+    let evs = p.client.take();
+    assert!(
+        matches!(&evs[..], [Event::Response { id: i, result: Err(CallError::Remote { message, .. }) }]
+            if *i == id && message.as_str() == "bad\u{FFFD}thing"),
+        "{evs:?}"
+    );
+    p.server.conn.close(Code::OK, "bye\0bye", None, now);
+    p.drive();
+    assert!(matches!(
+        p.client.conn.error(),
+        Some(ConnectionError::PeerClosed { message, .. }) if message == "bye\u{FFFD}bye"
+    ));
+    assert_eq!(p.client.conn.stats().protocol_errors, 0);
+
+    // A reject reason with NUL.
+    let mut p = Pair::new(config(), config());
+    p.auto_accept = None;
+    p.drive();
+    p.server.conn.reject(Code::AUTH_FAILED, "no\0way", None).unwrap();
+    p.drive();
+    assert!(matches!(
+        p.client.conn.error(),
+        Some(ConnectionError::Rejected { reason, .. }) if reason == "no\u{FFFD}way"
+    ));
+
+    // A name with NUL is refused by the config; a topic with NUL by deliver.
+    let mut c = config();
+    c.name = Text::from("a\0b".to_string());
+    assert!(c.validate().is_err());
+}

@@ -828,8 +828,8 @@ impl Connection {
         if self.role != Role::Server || self.is_established() || self.is_closed() {
             return Err(self.state_error("reject is only valid on a server during the handshake"));
         }
-        let reason = truncate_str(reason, MAX_REASON);
-        self.send_reject(code, reason, retry_after.map_or(NO_HINT, duration_ms));
+        let reason = free_text(reason, MAX_REASON);
+        self.send_reject(code, &reason, retry_after.map_or(NO_HINT, duration_ms));
         self.fail(ConnectionError::LocallyClosed { code, message: reason.to_string() }, None);
         Ok(())
     }
@@ -934,7 +934,7 @@ impl Connection {
 
     /// Answers a call the peer made with an error.
     pub fn respond_error(&mut self, id: RequestId, code: Code, message: &str, data: Bytes) -> Result<(), SendError> {
-        let message = Text::from(truncate_str(message, 4096).to_string());
+        let message = Text::from(free_text(message, 4096).to_string());
         self.answer(id, Frame::Error(ErrorBody { id: id.0, code, message, data }))
     }
 
@@ -1219,6 +1219,9 @@ impl Connection {
     /// keep the message in the broker's queue for this subscriber.
     pub fn deliver(&mut self, subscription: SubscriptionId, topic: &Text, payload: Bytes) -> Result<(), SendError> {
         self.check_deliverable(subscription)?;
+        if topic.as_bytes().contains(&0) {
+            return Err(SendError::Invalid { what: "topic", reason: "contains NUL" });
+        }
         let frame = Frame::Message { subscription: subscription.0, topic: topic.clone(), payload };
         let len = self.check_frame(&frame)?;
         self.check_room()?;
@@ -1287,7 +1290,8 @@ impl Connection {
                 return;
             }
         }
-        let message = truncate_str(message, MAX_REASON);
+        let message = free_text(message, MAX_REASON);
+        let message = message.as_str();
         match &mut self.close {
             Some(c) if c.goodbye_sent => return,
             Some(c) => {
@@ -1319,7 +1323,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        let message = truncate_str(message, MAX_REASON).to_string();
+        let message = free_text(message, MAX_REASON).to_string();
         self.fail(ConnectionError::LocallyClosed { code, message: message.clone() }, Some((code, message)));
     }
 
@@ -1543,7 +1547,7 @@ impl Connection {
             self.enqueue(&Frame::Goodbye(Goodbye {
                 code,
                 reconnect_after_ms: NO_HINT,
-                message: Text::from(truncate_str(&message, MAX_REASON).to_string()),
+                message: Text::from(free_text(&message, MAX_REASON).to_string()),
             }));
         }
         let mut ids: Vec<u64> = self.outgoing.keys().copied().collect();
@@ -1600,13 +1604,16 @@ impl Connection {
     }
 }
 
-fn truncate_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
+/// Free text (messages, reasons) as the wire needs it: no NUL (replaced by
+/// U+FFFD), at most `max` bytes, cut at a character boundary.
+fn free_text(s: &str, max: usize) -> String {
+    let mut s = if s.contains('\0') { s.replace('\0', "\u{FFFD}") } else { s.to_string() };
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    s
 }
