@@ -1340,12 +1340,14 @@ impl Connection {
         self.events.push_back(e);
     }
 
+    /// Adds a call's deadline. Call it before the call is in `outgoing` /
+    /// `incoming`: the compaction below keeps only timers of known calls, so
+    /// it runs first and the new timer is pushed after it.
     fn push_timer(&mut self, at: Instant, id: u64) {
-        self.timers.push(Reverse((at, id)));
         // Lazy deletion leaves entries of finished calls behind; compact
         // when they dominate so the heap stays proportional to live calls.
         let live = self.outgoing.len() + self.incoming.len();
-        if self.timers.len() > 2 * live + 64 {
+        if self.timers.len() >= 2 * live + 64 {
             let (out, inc) = (&self.outgoing, &self.incoming);
             self.timers.retain(|Reverse((t, id))| {
                 out.get(id).is_some_and(|c| c.deadline == Some(*t))
@@ -1353,6 +1355,7 @@ impl Connection {
                     || *id == 0
             });
         }
+        self.timers.push(Reverse((at, id)));
     }
 
     fn remove_outgoing(&mut self, id: u64) -> Option<OutCall> {
