@@ -1,10 +1,17 @@
-//! First end-to-end checks of the tokio adapter over a real Unix socket.
+//! First end-to-end checks of the tokio adapter over a real Unix socket
+//! (a named pipe on Windows).
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use wharf_async::{CallOptions, Code, Context, Error, Router, SubscriptionEvent};
 
+#[cfg(windows)]
+fn sock(name: &str) -> String {
+    format!("pipe:wharf-tokio-smoke-{}-{name}", std::process::id())
+}
+
+#[cfg(not(windows))]
 fn sock(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("wharf-tokio-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
