@@ -84,11 +84,11 @@ impl Session {
     }
 
     async fn start(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<u64, Error> {
-        let method = Text::from(method.to_string());
         let now = self.inner.runtime.now();
         self.inner
             .send_state(|st| {
-                let id = st.conn.request(method.clone(), payload.clone(), opts.clone(), now)?;
+                let method = st.names.get(method);
+                let id = st.conn.request(method, payload.clone(), opts.clone(), now)?;
                 st.calls.insert(id.0, OutSlot::default());
                 Ok(id.0)
             })
@@ -100,9 +100,36 @@ impl Session {
     pub async fn call_raw(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<Bytes, Error> {
         let mut opts = opts;
         opts.kind = CallKind::Unary;
-        let id = self.start(method, payload, opts).await?;
-        let guard = CallGuard::new(self.inner.clone(), id);
-        std::future::poll_fn(|cx| poll_outcome(&self.inner, id, &guard, cx)).await
+        let now = self.inner.runtime.now();
+        // Sending the request and waiting for its outcome share one poll
+        // function: the first poll sends and registers the waker in one
+        // lock; the guard cancels the call if this future is dropped.
+        let mut guard: Option<CallGuard> = None;
+        let mut request = Some((payload, opts));
+        std::future::poll_fn(|cx| {
+            if let Some(guard) = &guard {
+                return poll_outcome(&self.inner, guard.id, guard, cx);
+            }
+            let mut st = self.inner.lock();
+            let Some((payload, opts)) = request.take() else {
+                return Poll::Ready(Err(Error::Cancelled));
+            };
+            let method_text = st.names.get(method);
+            match st.conn.request(method_text, payload.clone(), opts.clone(), now) {
+                Ok(id) => {
+                    st.calls.insert(id.0, OutSlot { waker: Some(cx.waker().clone()), ..OutSlot::default() });
+                    guard = Some(CallGuard::new(self.inner.clone(), id.0));
+                    Poll::Pending
+                }
+                Err(SendError::Blocked { .. }) => {
+                    request = Some((payload, opts));
+                    st.writable.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(st.send_error(e))),
+            }
+        })
+        .await
     }
 
     /// Calls `method` with a typed request and the default options.
@@ -134,8 +161,12 @@ impl Session {
 
     /// Sends a notification of raw bytes.
     pub async fn notify_raw(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<(), Error> {
-        let method = Text::from(method.to_string());
-        self.inner.send(|c| c.notify(method.clone(), payload.clone(), opts.clone())).await
+        self.inner
+            .send_state(|st| {
+                let method = st.names.get(method);
+                st.conn.notify(method, payload.clone(), opts.clone())
+            })
+            .await
     }
 
     /// Starts a server-streaming call: the returned receiver yields the
@@ -152,7 +183,7 @@ impl Session {
     {
         let codec = self.inner.codec;
         let id = self.start(method, codec.encode(request)?, self.options(opts, CallKind::ServerStream)).await?;
-        Ok(Receiver::caller(self.inner.clone(), id, codec, CallGuard::new(self.inner.clone(), id)))
+        Ok(Receiver::caller(self.inner.clone(), id, codec, Arc::new(CallGuard::new(self.inner.clone(), id))))
     }
 
     /// Starts a client-streaming call: send items, finish the sender, then
@@ -170,7 +201,7 @@ impl Session {
     {
         let codec = self.inner.codec;
         let id = self.start(method, codec.encode(request)?, self.options(opts, CallKind::ClientStream)).await?;
-        let guard = CallGuard::new(self.inner.clone(), id);
+        let guard = Arc::new(CallGuard::new(self.inner.clone(), id));
         Ok((
             Sender::caller(self.inner.clone(), id, codec, guard.clone()),
             ResponseFuture::new(self.inner.clone(), id, codec, guard),
@@ -191,7 +222,7 @@ impl Session {
     {
         let codec = self.inner.codec;
         let id = self.start(method, codec.encode(request)?, self.options(opts, CallKind::Bidi)).await?;
-        let guard = CallGuard::new(self.inner.clone(), id);
+        let guard = Arc::new(CallGuard::new(self.inner.clone(), id));
         Ok((
             Sender::caller(self.inner.clone(), id, codec, guard.clone()),
             Receiver::caller(self.inner.clone(), id, codec, guard),
@@ -214,11 +245,11 @@ impl Session {
         topic: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription<T>, Error> {
-        let topic = Text::from(topic.to_string());
         let id = self
             .inner
             .send_state(|st| {
-                let id = st.conn.subscribe(topic.clone(), options)?;
+                let topic = st.names.get(topic);
+                let id = st.conn.subscribe(topic, options)?;
                 st.subs.insert(id.0, SubSlot { policy: options.policy, ..SubSlot::default() });
                 Ok(id)
             })
@@ -251,11 +282,11 @@ impl Session {
 
     /// Publishes raw bytes and waits for the acknowledgement.
     pub async fn publish_raw(&self, topic: &str, payload: Bytes) -> Result<u32, Error> {
-        let topic = Text::from(topic.to_string());
         let id = self
             .inner
             .send_state(|st| {
-                let id = st.conn.publish(topic.clone(), payload.clone(), true)?.unwrap_or(PublishId(0));
+                let topic = st.names.get(topic);
+                let id = st.conn.publish(topic, payload.clone(), true)?.unwrap_or(PublishId(0));
                 st.publishes.insert(id.0, AckSlot::default());
                 Ok(id.0)
             })
@@ -265,8 +296,12 @@ impl Session {
 
     /// Publishes without waiting for (or asking for) an acknowledgement.
     pub async fn publish_nowait(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
-        let topic = Text::from(topic.to_string());
-        self.inner.send(|c| c.publish(topic.clone(), payload.clone(), false).map(|_| ())).await
+        self.inner
+            .send_state(|st| {
+                let topic = st.names.get(topic);
+                st.conn.publish(topic, payload.clone(), false).map(|_| ())
+            })
+            .await
     }
 
     /// Measures the round-trip time to the peer.
@@ -286,7 +321,7 @@ impl Session {
     async fn wait_ack<T>(
         &self,
         id: u64,
-        slots: impl Fn(&mut crate::session::State) -> &mut std::collections::HashMap<u64, AckSlot<T>>,
+        slots: impl Fn(&mut crate::session::State) -> &mut crate::session::IdMap<AckSlot<T>>,
     ) -> Result<T, Error> {
         std::future::poll_fn(|cx| {
             let mut st = self.inner.lock();

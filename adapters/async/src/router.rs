@@ -18,10 +18,11 @@ use wharf_transport::PeerIdentity;
 use crate::Session;
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::session::{InSlot, Inner, State};
+use crate::runtime::BoxFuture;
+use crate::session::{Fresh, InSlot, Inner, State};
 use crate::stream::{Receiver, Sender};
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send + 'static>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send + 'static>>;
 type ErasedHandler = Arc<dyn Fn(Call) -> HandlerFuture + Send + Sync>;
 type ErasedNotify = Arc<dyn Fn(Bytes, Context) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -40,6 +41,13 @@ struct Route {
 /// Handlers by method name. Build one, then give it to a server (or to a
 /// client, which then answers calls from the server).
 ///
+/// A handler is first polled on the connection's own task, right after the
+/// call is read: one that completes without waiting is answered with no task
+/// spawned and no wake-up. One that waits continues as a task of its own.
+/// Heavy synchronous work therefore belongs in a blocking pool (for example
+/// `tokio::task::spawn_blocking`), not in the handler's first stretch, or it
+/// delays the other calls of that connection.
+///
 /// ```
 /// use wharf_async::{Context, Error, Router};
 ///
@@ -55,8 +63,8 @@ struct Route {
 /// ```
 #[derive(Default, Clone)]
 pub struct Router {
-    routes: HashMap<String, Arc<Route>>,
-    notifications: HashMap<String, ErasedNotify>,
+    routes: HashMap<String, Arc<Route>, foldhash::fast::RandomState>,
+    notifications: HashMap<String, ErasedNotify, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for Router {
@@ -345,13 +353,47 @@ impl Context {
 }
 
 /// Responds exactly once, even if the handler panics or is dropped.
-struct Responder {
+pub(crate) struct Responder {
     inner: Arc<Inner>,
     id: u64,
     done: bool,
 }
 
 impl Responder {
+    /// Answers a handler that finished on its first poll: in one lock when
+    /// the response fits the queue (the common case), else through
+    /// [`finish`](Self::finish) in a task of its own.
+    pub(crate) fn finish_now(mut self, outcome: Result<Bytes, Error>) {
+        let payload = match outcome {
+            Ok(payload) => payload,
+            Err(e) => {
+                let inner = self.inner.clone();
+                inner.runtime.spawn(Box::pin(self.finish(Some(Err(e)))));
+                return;
+            }
+        };
+        let mut st = self.inner.lock();
+        match st.conn.respond(RequestId(self.id), payload.clone()) {
+            Ok(()) => {
+                st.serving.remove(&self.id);
+                self.done = true;
+            }
+            // Wait for room, or answer "too large" instead: as `finish` does.
+            Err(SendError::Blocked { .. } | SendError::TooLarge { .. }) => {
+                drop(st);
+                let inner = self.inner.clone();
+                inner.runtime.spawn(Box::pin(self.finish(Some(Ok(payload)))));
+            }
+            // Cancelled meanwhile, or the connection is ending: nothing to
+            // answer.
+            Err(e) => {
+                tracing::debug!(id = self.id, error = %e, "wharf: response not sent");
+                st.serving.remove(&self.id);
+                self.done = true;
+            }
+        }
+    }
+
     async fn finish(mut self, result: Option<Result<Bytes, Error>>) {
         self.done = true;
         let id = RequestId(self.id);
@@ -441,15 +483,22 @@ pub(crate) fn dispatch_call(inner: &Arc<Inner>, st: &mut State, call: IncomingCa
     };
     let fut = (route.handler)(Call { payload: call.payload, ctx, codec });
     let responder = Responder { inner: inner.clone(), id: id.0, done: false };
-    let inner2 = inner.clone();
-    inner.runtime.spawn(Box::pin(async move {
+    // The driver polls it once after releasing the lock; it becomes a task
+    // only if it does not finish then.
+    st.fresh.push(Fresh::Call(fut, responder));
+}
+
+/// The task of a handler that did not finish on its first poll: races it
+/// against cancellation (a cancelled call's handler is dropped, its work
+/// moot, and nothing is sent), then answers.
+pub(crate) fn serve_task(inner: Arc<Inner>, fut: HandlerFuture, responder: Responder) -> BoxFuture {
+    let id = responder.id;
+    Box::pin(async move {
         let mut fut = fut;
-        // Race the handler against cancellation: a cancelled call's handler
-        // is dropped (its work is moot), and nothing is sent.
         let outcome = std::future::poll_fn(|cx| {
             {
-                let mut st = inner2.lock();
-                match st.serving.get_mut(&id.0) {
+                let mut st = inner.lock();
+                match st.serving.get_mut(&id) {
                     Some(s) if s.cancelled => return Poll::Ready(None),
                     None => return Poll::Ready(None),
                     Some(s) => {
@@ -464,10 +513,10 @@ pub(crate) fn dispatch_call(inner: &Arc<Inner>, st: &mut State, call: IncomingCa
         .await;
         drop(fut);
         responder.finish(outcome).await;
-    }));
+    })
 }
 
-pub(crate) fn dispatch_notification(inner: &Arc<Inner>, st: &State, n: IncomingNotification) {
+pub(crate) fn dispatch_notification(inner: &Arc<Inner>, st: &mut State, n: IncomingNotification) {
     let Some(handler) = inner.router.notifications.get(n.method.as_str()).cloned() else {
         tracing::debug!(method = %n.method, "wharf: notification for no handler");
         return;
@@ -481,5 +530,5 @@ pub(crate) fn dispatch_notification(inner: &Arc<Inner>, st: &State, n: IncomingN
         deadline: None,
         connection_id: st.conn.connection_id(),
     };
-    inner.runtime.spawn(handler(n.payload, ctx));
+    st.fresh.push(Fresh::Notification(handler(n.payload, ctx)));
 }

@@ -28,6 +28,50 @@ use crate::router::Router;
 use crate::runtime::{Runtime, Timer};
 use crate::server::ServerLink;
 
+/// The maps of operations by id. Ids on the serving side are chosen by the
+/// peer, so the hasher is seeded per map (foldhash, as hashbrown's default),
+/// not an identity hash a peer could aim at one bucket; and it is several
+/// times cheaper than SipHash on the per-call path.
+pub(crate) type IdMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+
+/// Recently used method names and topics as shared [`Text`], so that a
+/// caller passing the same `&str` again does not allocate a new string per
+/// call (a hit costs a reference-count increment).
+#[derive(Default)]
+pub(crate) struct Names {
+    slots: Vec<Text>,
+    next: usize,
+}
+
+impl Names {
+    const CAP: usize = 16;
+
+    /// The shared text for `s`, remembered for next time.
+    pub(crate) fn get(&mut self, s: &str) -> Text {
+        if let Some(t) = self.slots.iter().find(|t| t.as_str() == s) {
+            return t.clone();
+        }
+        let t = Text::from(s.to_string());
+        if self.slots.len() < Self::CAP {
+            self.slots.push(t.clone());
+        } else {
+            self.slots[self.next] = t.clone();
+            self.next = (self.next + 1) % Self::CAP;
+        }
+        t
+    }
+}
+
+/// A handler future created by dispatch, waiting to be polled once by the
+/// driver after it releases the state lock: most handlers finish on their
+/// first poll, and then need no task of their own.
+pub(crate) enum Fresh {
+    /// A call's handler and what answers it.
+    Call(crate::router::HandlerFuture, crate::router::Responder),
+    /// A notification's handler (nothing to answer).
+    Notification(crate::runtime::BoxFuture),
+}
+
 /// Reads per round before the driver moves on to writing.
 const READ_BUDGET: usize = 16;
 /// Rounds of read/dispatch/write per wake-up before yielding.
@@ -125,14 +169,25 @@ pub(crate) struct State {
     pub(crate) finished: bool,
     pub(crate) finish_wakers: Vec<Waker>,
     pub(crate) goodbye: Option<Goodbye>,
-    pub(crate) calls: HashMap<u64, OutSlot>,
-    pub(crate) serving: HashMap<u64, InSlot>,
-    pub(crate) subs: HashMap<u64, SubSlot>,
-    pub(crate) publishes: HashMap<u64, AckSlot<u32>>,
-    pub(crate) pings: HashMap<u64, AckSlot<Duration>>,
+    pub(crate) calls: IdMap<OutSlot>,
+    pub(crate) serving: IdMap<InSlot>,
+    pub(crate) subs: IdMap<SubSlot>,
+    pub(crate) publishes: IdMap<AckSlot<u32>>,
+    pub(crate) pings: IdMap<AckSlot<Duration>>,
     pub(crate) writable: Vec<Waker>,
     /// Wakers collected under the lock, woken once it is released.
     pub(crate) to_wake: Vec<Waker>,
+    /// Handlers dispatched in this round, polled by the driver once it
+    /// releases the lock.
+    pub(crate) fresh: Vec<Fresh>,
+    /// Method names and topics sent recently.
+    pub(crate) names: Names,
+    /// The driver is running (it writes and re-arms its timer before it
+    /// sleeps, so other lock holders need not wake it).
+    pub(crate) driver_active: bool,
+    /// The deadline the sleeping driver's timer is set for (`None`: no
+    /// deadline). A new earlier deadline wakes the driver to re-arm.
+    pub(crate) timer_armed: Option<Instant>,
 }
 
 impl State {
@@ -145,13 +200,17 @@ impl State {
             finished: false,
             finish_wakers: Vec::new(),
             goodbye: None,
-            calls: HashMap::new(),
-            serving: HashMap::new(),
-            subs: HashMap::new(),
-            publishes: HashMap::new(),
-            pings: HashMap::new(),
+            calls: IdMap::default(),
+            serving: IdMap::default(),
+            subs: IdMap::default(),
+            publishes: IdMap::default(),
+            pings: IdMap::default(),
             writable: Vec::new(),
             to_wake: Vec::new(),
+            fresh: Vec::new(),
+            names: Names::default(),
+            driver_active: false,
+            timer_armed: None,
         }
     }
 
@@ -185,10 +244,13 @@ impl State {
 }
 
 /// The locked state. On drop it releases the lock first, then wakes what
-/// was collected, and the driver if the core has output to write.
+/// was collected, and the sleeping driver if the core has output to write or
+/// a deadline earlier than the one its timer is set for. No clock is read.
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, State>>,
     inner: &'a Inner,
+    /// Whether to wake the driver (not when the driver itself holds it).
+    kick: bool,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -207,10 +269,27 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let Some(mut g) = self.guard.take() else { return };
-        let wake = std::mem::take(&mut g.to_wake);
-        let kick = g.conn.wants_write() || g.conn.poll_timeout().is_some_and(|t| t <= self.inner.runtime.now());
+        // `poll_timeout` is also "now" when events wait for dispatch.
+        let kick = self.kick
+            && !g.driver_active
+            && (g.conn.wants_write()
+                || match (g.conn.poll_timeout(), g.timer_armed) {
+                    (Some(t), Some(armed)) => t < armed,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                });
+        // One waker (the usual case) is taken alone, so the vector keeps
+        // its capacity: no allocation per operation.
+        let (one, rest) = match g.to_wake.len() {
+            0 => (None, Vec::new()),
+            1 => (g.to_wake.pop(), Vec::new()),
+            _ => (None, std::mem::take(&mut g.to_wake)),
+        };
         drop(g);
-        for w in wake {
+        if let Some(w) = one {
+            w.wake();
+        }
+        for w in rest {
             w.wake();
         }
         if kick {
@@ -242,7 +321,13 @@ impl Inner {
     }
 
     pub(crate) fn lock(&self) -> Locked<'_> {
-        Locked { guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())), inner: self }
+        Locked { guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())), inner: self, kick: true }
+    }
+
+    /// The lock as the driver takes it: releasing it never wakes the driver
+    /// (it arranged its own wake-ups before releasing).
+    fn lock_driver(&self) -> Locked<'_> {
+        Locked { guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())), inner: self, kick: false }
     }
 
     /// Runs `op` on the connection, waiting while the outbound queue is
@@ -280,21 +365,36 @@ pub(crate) struct Driver<S: ByteStream> {
     pub(crate) timer_at: Option<Instant>,
     pub(crate) eof: bool,
     pub(crate) shutdown: bool,
+    /// Handlers taken from the state to be polled outside the lock (kept
+    /// here so its capacity is reused).
+    fresh: Vec<Fresh>,
+}
+
+/// Why a run of rounds stopped.
+enum Stop {
+    /// Nothing more to do until the socket, a handle or the timer wakes us.
+    Idle,
+    /// The round budget is spent with work left.
+    Budget,
+    /// The connection is over and everything was written.
+    Over,
+    /// Handlers were dispatched: poll them outside the lock.
+    Handlers,
 }
 
 impl<S: ByteStream> Driver<S> {
     pub(crate) fn new(inner: Arc<Inner>, stream: S) -> Self {
         let far = inner.runtime.now() + Duration::from_secs(3600);
         let timer = inner.runtime.timer(far);
-        Driver { inner, stream, timer, timer_at: None, eof: false, shutdown: false }
+        Driver { inner, stream, timer, timer_at: None, eof: false, shutdown: false, fresh: Vec::new() }
     }
 
     /// One round: read, timers, events, deliveries, write. Returns whether
-    /// anything happened, or `Ready` when the connection is over.
-    fn round(&mut self, cx: &mut TaskContext<'_>, st: &mut State) -> bool {
+    /// anything happened. `now` is read once per round: the core's clock
+    /// only needs to be monotonic and current to within a round.
+    fn round(&mut self, cx: &mut TaskContext<'_>, st: &mut State, now: Instant, check_timers: bool) -> bool {
         let inner = &self.inner;
         let mut progress = false;
-        let now = inner.runtime.now();
 
         // Read.
         let mut reads = 0;
@@ -303,26 +403,28 @@ impl<S: ByteStream> Driver<S> {
             match self.stream.poll_read_buf(cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
-                    st.conn.handle_eof(inner.runtime.now());
+                    st.conn.handle_eof(now);
                     progress = true;
                 }
                 Poll::Ready(Ok(n)) => {
-                    st.conn.handle_received(n, inner.runtime.now());
+                    st.conn.handle_received(n, now);
                     progress = true;
                     reads += 1;
                 }
                 Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => {
                     self.eof = true;
-                    st.conn.handle_transport_error(&e, inner.runtime.now());
+                    st.conn.handle_transport_error(&e, now);
                     progress = true;
                 }
                 Poll::Pending => break,
             }
         }
 
-        // Timers.
-        if st.conn.next_timer().is_some_and(|t| t <= now) {
+        // Timers: on the first round of a poll and when the timer fired
+        // (a deadline set since is in the future, or makes the timer fire
+        // at once when the driver arms it).
+        if check_timers && st.conn.next_timer().is_some_and(|t| t <= now) {
             st.conn.handle_timeout(now);
             progress = true;
         }
@@ -342,7 +444,7 @@ impl<S: ByteStream> Driver<S> {
         }
 
         // Write.
-        while !self.shutdown {
+        while !self.shutdown && st.conn.wants_write() {
             let mut slices = [IoSlice::new(&[]); 64];
             let n = st.conn.transmit_slices(now, &mut slices);
             if n == 0 {
@@ -351,18 +453,18 @@ impl<S: ByteStream> Driver<S> {
             match self.stream.poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => {
                     let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                    st.conn.handle_transport_error(&e, inner.runtime.now());
+                    st.conn.handle_transport_error(&e, now);
                     progress = true;
                     break;
                 }
                 Poll::Ready(Ok(k)) => {
-                    st.conn.advance_transmit(k, inner.runtime.now());
+                    st.conn.advance_transmit(k, now);
                     progress = true;
                 }
                 Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => {
                     // The core drops everything queued: the peer is gone.
-                    st.conn.handle_transport_error(&e, inner.runtime.now());
+                    st.conn.handle_transport_error(&e, now);
                     progress = true;
                     break;
                 }
@@ -375,6 +477,98 @@ impl<S: ByteStream> Driver<S> {
         }
         progress
     }
+
+    /// Rounds until there is nothing to do, the budget is spent, the
+    /// connection is over, or handlers wait to be polled.
+    fn rounds(&mut self, cx: &mut TaskContext<'_>, st: &mut State, budget: &mut usize) -> Stop {
+        let mut check_timers = true;
+        loop {
+            let now = self.inner.runtime.now();
+            let progress = self.round(cx, st, now, check_timers);
+            check_timers = false;
+            *budget = budget.saturating_sub(1);
+            if !st.fresh.is_empty() {
+                return Stop::Handlers;
+            }
+            if st.conn.is_closed() && !st.conn.wants_write() {
+                return Stop::Over;
+            }
+            if progress {
+                if *budget == 0 {
+                    return Stop::Budget;
+                }
+                continue;
+            }
+            // Sleep until the next deadline. The timer is moved only when
+            // the deadline comes earlier: the keepalive deadline moves later
+            // with every frame received, and chasing it would re-arm the
+            // runtime's timer per message; instead the timer fires early
+            // once and is armed again then.
+            let next = st.conn.next_timer();
+            let earlier = match (next, self.timer_at) {
+                (Some(n), Some(armed)) => n < armed,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if earlier {
+                self.timer_at = next;
+                if let Some(at) = next {
+                    self.timer.as_mut().reset(at);
+                }
+            }
+            if self.timer_at.is_some() && self.timer.as_mut().poll_fire(cx).is_ready() {
+                // Fired: handle what is due and arm for what comes next.
+                self.timer_at = None;
+                check_timers = true;
+                continue;
+            }
+            st.timer_armed = self.timer_at;
+            return Stop::Idle;
+        }
+    }
+
+    /// Polls each handler dispatched in the last round once, outside the
+    /// lock: one that finishes answers at once (no task, no wake-up); one
+    /// that waits becomes a task of its own.
+    fn run_fresh(&mut self, cx: &mut TaskContext<'_>) {
+        // A handler that panics is caught here, as a runtime catches a
+        // panicking task: the connection lives on, and the dropped
+        // responder answers the call INTERNAL.
+        let poll_caught = |poll: &mut dyn FnMut() -> bool| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(poll)).unwrap_or_else(|_| {
+                tracing::error!("wharf: a handler panicked");
+                true
+            })
+        };
+        for fresh in self.fresh.drain(..) {
+            match fresh {
+                Fresh::Call(mut future, responder) => {
+                    let mut outcome = None;
+                    let done = poll_caught(&mut || match future.as_mut().poll(cx) {
+                        Poll::Ready(r) => {
+                            outcome = Some(r);
+                            true
+                        }
+                        Poll::Pending => false,
+                    });
+                    match (done, outcome) {
+                        (true, Some(outcome)) => responder.finish_now(outcome),
+                        // Panicked: dropping the responder answers INTERNAL.
+                        (true, None) => drop(responder),
+                        (false, _) => {
+                            let task = crate::router::serve_task(self.inner.clone(), future, responder);
+                            self.inner.runtime.spawn(task);
+                        }
+                    }
+                }
+                Fresh::Notification(mut future) => {
+                    if !poll_caught(&mut || future.as_mut().poll(cx).is_ready()) {
+                        self.inner.runtime.spawn(future);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl<S: ByteStream> Future for Driver<S> {
@@ -384,45 +578,48 @@ impl<S: ByteStream> Future for Driver<S> {
         let this = &mut *self;
         this.inner.driver.register(cx.waker());
         let inner = this.inner.clone();
-        let mut st = inner.lock();
-        let mut rounds = 0;
-        loop {
-            let progress = this.round(cx, &mut st);
-            rounds += 1;
-            if st.conn.is_closed() && !st.conn.wants_write() {
-                break;
-            }
-            if !progress {
-                // Sleep until the next timer (re-arming the one timer only
-                // when the deadline moved).
-                let next = st.conn.next_timer();
-                if next != this.timer_at {
-                    this.timer_at = next;
-                    let at = next.unwrap_or_else(|| inner.runtime.now() + Duration::from_secs(3600));
-                    this.timer.as_mut().reset(at);
+        let mut budget = ROUND_BUDGET;
+        let mut st = loop {
+            let mut st = inner.lock_driver();
+            st.driver_active = true;
+            match this.rounds(cx, &mut st, &mut budget) {
+                Stop::Handlers => {
+                    std::mem::swap(&mut st.fresh, &mut this.fresh);
+                    drop(st);
+                    this.run_fresh(cx);
+                    if budget == 0 {
+                        let mut st = inner.lock_driver();
+                        st.driver_active = false;
+                        st.timer_armed = None;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
-                if next.is_some() && this.timer.as_mut().poll_fire(cx).is_ready() {
-                    this.timer_at = None;
-                    continue;
+                Stop::Idle => {
+                    st.driver_active = false;
+                    return Poll::Pending;
                 }
-                return Poll::Pending;
+                Stop::Budget => {
+                    // Work remains: yield to other tasks and come back at once.
+                    st.driver_active = false;
+                    st.timer_armed = None;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Stop::Over => break st,
             }
-            if rounds >= ROUND_BUDGET {
-                // Work remains: yield to other tasks and come back at once.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-        }
+        };
 
         // The connection is over and everything was written: close the
         // write side and finish.
+        st.driver_active = false;
         if !this.shutdown {
             drop(st);
             match this.stream.poll_shutdown(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(_) => this.shutdown = true,
             }
-            st = inner.lock();
+            st = inner.lock_driver();
         }
         st.finished = true;
         let wakers = std::mem::take(&mut st.finish_wakers);
@@ -472,10 +669,8 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
                 } else {
                     slot.result = Some(result.map_err(Error::from));
                     slot.rx.ended = true;
-                    let mut ws: Vec<Waker> = slot.waker.take().into_iter().collect();
-                    ws.extend(slot.rx.waker.take());
-                    ws.extend(slot.tx_waker.take());
-                    st.to_wake.extend(ws);
+                    let ws = [slot.waker.take(), slot.rx.waker.take(), slot.tx_waker.take()];
+                    st.to_wake.extend(ws.into_iter().flatten());
                 }
             }
         }

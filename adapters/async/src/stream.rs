@@ -28,8 +28,8 @@ pub(crate) struct CallGuard {
 }
 
 impl CallGuard {
-    pub(crate) fn new(inner: Arc<Inner>, id: u64) -> Arc<CallGuard> {
-        Arc::new(CallGuard { inner, id, done: AtomicBool::new(false) })
+    pub(crate) fn new(inner: Arc<Inner>, id: u64) -> CallGuard {
+        CallGuard { inner, id, done: AtomicBool::new(false) }
     }
 
     pub(crate) fn complete(&self) {
