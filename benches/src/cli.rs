@@ -25,7 +25,15 @@
 #[cfg(unix)]
 mod affinity;
 #[cfg(unix)]
+mod drive;
+#[cfg(unix)]
+mod idle;
+#[cfg(unix)]
 mod orchestrate;
+#[cfg(all(unix, any(feature = "tarpc", feature = "zmq")))]
+mod peers;
+#[cfg(unix)]
+mod pubsub;
 #[cfg(unix)]
 mod raw;
 #[cfg(unix)]
@@ -36,6 +44,10 @@ mod role;
 mod stats;
 #[cfg(unix)]
 mod suite;
+#[cfg(unix)]
+mod sys;
+#[cfg(unix)]
+mod tokio_echo;
 #[cfg(unix)]
 mod wharf_tokio;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::report::{self, Figures, Grid, Run};
 use crate::role::RoleSpec;
 use crate::stats::Timing;
-use crate::suite::{Measurement, Opts, SUITES};
+use crate::suite::{self, Measurement, Opts, SUITES};
 use crate::wharf_tokio::Flavor;
 use crate::{Result, affinity};
 
@@ -84,10 +84,10 @@ pub struct Options {
 const HELP: &str = "\
 wharf-bench: wharf against the raw-socket floor, client and server in separate processes
 
-usage: wharf-bench [SUBCOMMAND] [OPTIONS]
+usage: wharf-bench [SUBCOMMAND...] [OPTIONS]
 
-subcommands:
-  all               every suite below (the default)
+subcommands (several may be given; none means all):
+  all               every suite below
 {suites}  list              list the measurements the options select, and exit
   help              this text
 
@@ -95,17 +95,25 @@ options:
   --rounds N        rounds, interleaved: each round runs every measurement under
                     every pinning, so slow drift hits all figures alike (default 5)
   --measure SECS    measured time of each run (default 1)
-  --warmup SECS     calls made before measuring in each run (default 0.3)
+  --warmup SECS     time each run spends before measuring (default 0.3)
+  --quick           one quick round to see that everything runs: --rounds 1
+                    --warmup 0.1 --measure 0.3 (options given explicitly win)
   --pin WHICH       same | split | both | none | all (default both = same and split):
                     same = both processes on one core, split = on different cores,
                     none = unpinned; pinning is sched_setaffinity(2) in each process
   --cpus A[,B]      CPUs to use: same-core runs use A, split runs put the client on A
                     and the server on B (default: the first two this process may use)
   --window LIST     calls in flight for the throughput figures, comma-separated
-                    (default 16); 1 is also measured by the unary latency run
-  --flavor LIST     tokio scheduler of the wharf processes, comma-separated:
-                    current (default) and/or multi
+                    (default 1,16,64)
+  --flavor LIST     tokio scheduler of the tokio-based processes (wharf, the tokio
+                    echo, tarpc), comma-separated: current (default) and/or multi
+  --subs LIST       subscriber counts of the pub/sub measurements (default 1,4)
+  --bulk BYTES      payload of the bandwidth measurements (default 1048576 = 1 MiB)
+  --conns LIST      connection counts of the idle-memory measurements, run under
+                    the first pinning only (default 1000,10000)
   --out FILE        also write the report to FILE
+
+peers built in: {peers}
 
 The report (markdown) goes to standard output, progress to standard error.
 Build with --release: cargo run --release -p wharf-bench -- all
@@ -113,19 +121,29 @@ Build with --release: cargo run --release -p wharf-bench -- all
 
 fn help() -> String {
     let suites: String = SUITES.iter().map(|s| format!("  {:<18}{}\n", s.name, s.about)).collect();
-    HELP.replace("{suites}", &suites)
+    let peers = suite::peers_built();
+    let peers = if peers.is_empty() {
+        "none (build with --features tarpc,zmq; zmq needs libzmq3-dev)".to_string()
+    } else {
+        peers.join(", ")
+    };
+    HELP.replace("{suites}", &suites).replace("{peers}", &peers)
 }
 
 fn parse(args: &[String]) -> Result<Option<(Options, bool)>> {
     let mut suites = Vec::new();
     let mut list = false;
-    let mut rounds = 5usize;
-    let mut measure = 1.0f64;
-    let mut warmup = 0.3f64;
+    let mut quick = false;
+    let mut rounds: Option<usize> = None;
+    let mut measure: Option<f64> = None;
+    let mut warmup: Option<f64> = None;
     let mut pin = "both".to_string();
     let mut cpus: Option<Vec<usize>> = None;
-    let mut windows = vec![16usize];
+    let mut windows = vec![1usize, 16, 64];
     let mut flavors = vec![Flavor::Current];
+    let mut subs = vec![1usize, 4];
+    let mut conns = vec![1000usize, 10_000];
+    let mut bulk = 1usize << 20;
     let mut out = None;
 
     let mut it = args.iter();
@@ -138,16 +156,26 @@ fn parse(args: &[String]) -> Result<Option<(Options, bool)>> {
             }
             "all" => suites.extend(SUITES.iter().map(|s| s.name)),
             "list" => list = true,
-            "--rounds" => rounds = value(a)?.parse()?,
-            "--measure" => measure = value(a)?.parse()?,
-            "--warmup" => warmup = value(a)?.parse()?,
+            "--quick" => quick = true,
+            "--rounds" => rounds = Some(value(a)?.parse()?),
+            "--measure" => measure = Some(value(a)?.parse()?),
+            "--warmup" => warmup = Some(value(a)?.parse()?),
             "--pin" => pin = value(a)?,
             "--cpus" => cpus = Some(list_of(&value(a)?)?),
             "--window" => windows = list_of(&value(a)?)?,
             "--flavor" => {
                 flavors = value(a)?.split(',').map(|f| f.trim().parse()).collect::<std::result::Result<_, _>>()?
             }
+            "--subs" => subs = list_of(&value(a)?)?,
+            "--conns" => conns = list_of(&value(a)?)?,
+            "--bulk" => bulk = value(a)?.parse()?,
             "--out" => out = Some(PathBuf::from(value(a)?)),
+            "peers" if suite::peers_built().is_empty() => {
+                return Err("`peers` needs a build with its features: \
+                            cargo run --release -p wharf-bench --features tarpc,zmq -- peers \
+                            (zmq needs libzmq3-dev: apt-get install libzmq3-dev pkg-config)"
+                    .into());
+            }
             name => match SUITES.iter().find(|s| s.name == name) {
                 Some(s) => suites.push(s.name),
                 None => return Err(format!("unknown argument {name:?}; try `help`").into()),
@@ -157,13 +185,21 @@ fn parse(args: &[String]) -> Result<Option<(Options, bool)>> {
     if suites.is_empty() {
         suites.extend(SUITES.iter().map(|s| s.name));
     }
-    suites.dedup();
+    let mut seen = std::collections::HashSet::new();
+    suites.retain(|s| seen.insert(*s));
+    if suite::peers_built().is_empty() {
+        // `all` without the peers' features: nothing to run there.
+        suites.retain(|s| *s != "peers");
+    }
+    let rounds = rounds.unwrap_or(if quick { 1 } else { 5 });
+    let measure = measure.unwrap_or(if quick { 0.3 } else { 1.0 });
+    let warmup = warmup.unwrap_or(if quick { 0.1 } else { 0.3 });
     let sane = rounds > 0 && measure.is_finite() && measure > 0.0 && warmup.is_finite() && warmup >= 0.0;
     if !sane {
         return Err("--rounds and --measure must be positive, --warmup not negative".into());
     }
-    if windows.contains(&0) {
-        return Err("--window values must be positive".into());
+    if windows.contains(&0) || subs.contains(&0) || conns.contains(&0) || bulk == 0 {
+        return Err("--window, --subs, --conns and --bulk values must be positive".into());
     }
 
     let cpus = match cpus {
@@ -193,7 +229,8 @@ fn parse(args: &[String]) -> Result<Option<(Options, bool)>> {
     };
 
     let timing = Timing { warmup: Duration::from_secs_f64(warmup), measure: Duration::from_secs_f64(measure) };
-    Ok(Some((Options { suites, rounds, timing, pins, opts: Opts { windows, flavors }, out }, list)))
+    let opts = Opts { windows, flavors, subs, conns, bulk };
+    Ok(Some((Options { suites, rounds, timing, pins, opts, out }, list)))
 }
 
 fn list_of(s: &str) -> Result<Vec<usize>> {
@@ -203,17 +240,23 @@ fn list_of(s: &str) -> Result<Vec<usize>> {
 /// Entry point of the orchestrator.
 pub fn main(args: &[String]) -> Result<()> {
     let Some((options, list)) = parse(args)? else { return Ok(()) };
+    // Suites share floors: an id that occurs twice is measured once.
+    let mut ids = std::collections::HashSet::new();
     let measurements: Vec<Measurement> = options
         .suites
         .iter()
         .flat_map(|name| SUITES.iter().filter(move |s| s.name == *name))
         .flat_map(|s| (s.build)(&options.opts))
+        .filter(|m| ids.insert(m.id.clone()))
         .collect();
     if list {
         for m in &measurements {
-            println!("{:<32} {}", m.id, m.title);
+            println!("{:<36} {}{}", m.id, m.title, if m.once { " [first pinning only]" } else { "" });
         }
         return Ok(());
+    }
+    if measurements.is_empty() {
+        return Err("nothing to measure".into());
     }
     if cfg!(debug_assertions) {
         eprintln!("wharf-bench: this is a debug build; figures are meaningless (use cargo run --release)");
@@ -223,14 +266,20 @@ pub fn main(args: &[String]) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("wharf-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let per_run = options.timing.warmup + options.timing.measure;
-    let total = options.rounds * options.pins.len() * measurements.len();
+    let timed = measurements.iter().filter(|m| !m.once).count();
+    let once = measurements.len() - timed;
+    let total = options.rounds * (options.pins.len() * timed + once);
+    // Idle runs take their own time: about 0.5 s plus a second per 2,500
+    // connections (connect, settle, tear down).
+    let idle_secs: f64 = measurements.iter().filter(|m| m.once).map(|m| 1.0 + conns_of(m) as f64 / 2500.0).sum::<f64>();
     eprintln!(
-        "wharf-bench: {} runs ({} rounds × {} pinnings × {} measurements), about {:.0} s",
+        "wharf-bench: {} runs ({} rounds × ({} pinnings × {} measurements + {} under the first pinning only)), about {:.0} s",
         total,
         options.rounds,
         options.pins.len(),
-        measurements.len(),
-        total as f64 * (per_run.as_secs_f64() + 0.1)
+        timed,
+        once,
+        options.rounds as f64 * (options.pins.len() as f64 * timed as f64 * (per_run.as_secs_f64() + 0.3) + idle_secs)
     );
 
     let mut results = Grid::new(options.pins.len(), measurements.len(), options.rounds);
@@ -244,6 +293,9 @@ pub fn main(args: &[String]) -> Result<()> {
             for k in 0..measurements.len() {
                 let mi = (k + round) % measurements.len();
                 let m = &measurements[mi];
+                if m.once && pi > 0 {
+                    continue;
+                }
                 seq += 1;
                 let socket = dir.join(format!("{seq}-{}-{}.sock", pin.tag(), m.id));
                 match run_one(&exe, &socket, m, pin, options.timing) {
@@ -338,6 +390,7 @@ fn run_one(exe: &Path, socket: &Path, m: &Measurement, pin: Pinning, timing: Tim
 
     let mut client = Reaped(
         role_command(exe, &m.client, socket, pin.client())
+            .arg(format!("server_pid={}", server.0.id()))
             .arg(format!("warmup={}", timing.warmup.as_secs_f64()))
             .arg(format!("measure={}", timing.measure.as_secs_f64()))
             .stdin(Stdio::null())
@@ -355,9 +408,11 @@ fn run_one(exe: &Path, socket: &Path, m: &Measurement, pin: Pinning, timing: Tim
         return Err(format!("client {} failed: {status}", m.client.name).into());
     }
 
-    // Closing its standard input ends the server.
+    // Closing its standard input ends the server, which may print figures
+    // of its own first.
     drop(server.0.stdin.take());
     wait_until(&mut server.0, Instant::now() + Duration::from_secs(10), "server")?;
+    server_out.read_to_string(&mut out)?;
 
     let mut figures = Figures::new();
     for line in out.lines() {
@@ -368,8 +423,13 @@ fn run_one(exe: &Path, socket: &Path, m: &Measurement, pin: Pinning, timing: Tim
     }
     for f in &m.figures {
         if !figures.contains_key(f.key) {
-            return Err(format!("client {} did not report {}", m.client.name, f.key).into());
+            return Err(format!("{} did not report {}", m.client.name, f.key).into());
         }
     }
     Ok(figures)
+}
+
+/// The `conns=` parameter of a measurement's client (0 without one).
+fn conns_of(m: &Measurement) -> usize {
+    m.client.params.iter().find(|(k, _)| *k == "conns").and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
 }

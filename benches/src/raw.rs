@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::Result;
 use crate::role::{Params, server_ready};
-use crate::stats::{Latencies, Metric, rate};
+use crate::stats::{Latencies, Metric, mib_per_s, rate};
 
 /// Request and response size in bytes.
 pub const MSG: usize = 64;
@@ -189,4 +189,58 @@ pub fn window(p: &Params) -> Result<Vec<Metric>> {
     s.shutdown(Shutdown::Write)?;
     reader.join().map_err(|_| "reader panicked")??;
     Ok(rate(c1 - c0, t0, t1))
+}
+
+/// Bulk echo server for one connection: reads exactly `size=` bytes (one
+/// request), writes them back (the response), repeats until the client
+/// closes. Reading the whole request before answering keeps both sides
+/// from blocking on each other's full socket buffers.
+pub fn bulk_echo_server(p: &Params) -> Result<()> {
+    let size: usize = p.get("size")?;
+    let listener = UnixListener::bind(p.socket()?)?;
+    server_ready()?;
+    let (mut s, _) = listener.accept()?;
+    let mut buf = vec![0u8; size];
+    loop {
+        match s.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        s.write_all(&buf)?;
+    }
+}
+
+/// Bulk ping-pong: `write_all` of a `size=`-byte request, `read_exact` of
+/// the `size`-byte response, back to back. Reports round-trip percentiles,
+/// calls per second and payload MiB/s (request and response both counted).
+/// Only the response's length is checked, as for wharf.
+pub fn bulk(p: &Params) -> Result<Vec<Metric>> {
+    let timing = p.timing()?;
+    let size: usize = p.get("size")?;
+    let mut s = UnixStream::connect(p.socket()?)?;
+    let req = vec![0x5Au8; size];
+    let mut resp = vec![0u8; size];
+    let mut call = |s: &mut UnixStream| -> Result<()> {
+        s.write_all(&req)?;
+        s.read_exact(&mut resp)?;
+        Ok(())
+    };
+    let warm_end = Instant::now() + timing.warmup;
+    while Instant::now() < warm_end {
+        call(&mut s)?;
+    }
+    let mut lat = Latencies::start();
+    let end = Instant::now() + timing.measure;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        call(&mut s)?;
+        lat.record(t0, Instant::now());
+    }
+    let mut metrics = lat.finish();
+    metrics.push(mib_per_s(&metrics, 2 * size));
+    Ok(metrics)
 }

@@ -72,14 +72,32 @@ fn number(unit: Unit, v: f64) -> String {
                 thousands(us.round() as u64)
             }
         }
-        Unit::PerSec => thousands(v.round() as u64),
+        Unit::PerSec | Unit::Count => thousands(v.round() as u64),
+        Unit::MiBPerSec => {
+            if v < 100.0 {
+                format!("{v:.1}")
+            } else {
+                thousands(v.round() as u64)
+            }
+        }
+        Unit::Bytes => {
+            if v < 0.0 {
+                format!("−{}", thousands((-v).round() as u64))
+            } else {
+                thousands(v.round() as u64)
+            }
+        }
+        Unit::MiB => format!("{:.1}", v / (1024.0 * 1024.0)),
     }
 }
 
 fn suffix(unit: Unit) -> &'static str {
     match unit {
         Unit::Nanos => " µs",
-        Unit::PerSec => "",
+        Unit::PerSec | Unit::Count => "",
+        Unit::MiBPerSec => " MiB/s",
+        Unit::Bytes => " B",
+        Unit::MiB => " MiB",
     }
 }
 
@@ -102,8 +120,10 @@ fn thousands(n: u64) -> String {
 
 /// One line of progress for a finished run.
 pub fn brief(m: &Measurement, figures: &Figures) -> String {
+    let mut seen = std::collections::HashSet::new();
     m.figures
         .iter()
+        .filter(|f| seen.insert(f.key))
         .filter_map(|f| figures.get(f.key).map(|v| format!("{} {}", f.key.trim_end_matches("_ns"), show(f.unit, *v))))
         .collect::<Vec<_>>()
         .join(", ")
@@ -121,19 +141,26 @@ pub fn render(run: &Run<'_>) -> String {
     let _ = writeln!(
         s,
         "\nEach figure is the median of the rounds; *spread* is the smallest–largest round. \
-         *× floor* is wharf divided by the floor named in the last column, computed per round \
-         (same round, same pinning) and summarised the same way: for latency above 1 is slower \
-         than the floor, for calls/s below 1 is slower. *n* is the number of rounds that produced \
-         the figure.\n"
+         *× floor* is the figure divided by the floor named in the last column, computed per round \
+         (same round, same pinning) and summarised the same way: for latency and memory above 1 \
+         is worse than the floor, for calls/s, messages/s and MiB/s below 1 is worse. *n* is the \
+         number of rounds that produced the figure. Measurements marked *first pinning only* \
+         (idle memory) run under the first pinning only and appear in its table.\n"
     );
 
     let index: HashMap<&str, usize> = run.measurements.iter().enumerate().map(|(i, m)| (m.id.as_str(), i)).collect();
     for (pi, pin) in o.pins.iter().enumerate() {
+        if run.measurements.iter().all(|m| m.once && pi > 0) {
+            continue;
+        }
         let _ = writeln!(s, "### {}\n", pin.label());
         let _ =
             writeln!(s, "| measurement | figure | median | spread (min–max) | × floor | × floor spread | n | floor |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|");
         for (mi, m) in run.measurements.iter().enumerate() {
+            if m.once && pi > 0 {
+                continue;
+            }
             for f in &m.figures {
                 let values = run.results.values(pi, mi, f.key);
                 let (median, spread, n) = match Spread::of(&values) {
@@ -230,7 +257,7 @@ fn conditions(run: &Run<'_>) -> Vec<(&'static str, String)> {
         ),
     ));
     v.push((
-        "tokio scheduler of the wharf processes",
+        "tokio scheduler of the tokio-based processes (wharf, tokio echo, tarpc)",
         format!(
             "{} (client and server alike)",
             o.opts.flavors.iter().map(|f| format!("{f}_thread")).collect::<Vec<_>>().join(", ")
@@ -250,8 +277,15 @@ fn conditions(run: &Run<'_>) -> Vec<(&'static str, String)> {
     ));
     v.push((
         "payload",
-        "64-byte requests and responses (raw: the whole message; wharf: the call's raw payload)".into(),
+        format!(
+            "unary and pub/sub: 64 bytes (raw std: the whole message; tokio echo and raw fan-out: after a \
+             4-byte length; wharf: the call's raw payload or the published bytes; peers: see the README); \
+             bandwidth: {} echoed",
+            crate::suite::human_size(o.opts.bulk)
+        ),
     ));
+    let peers = crate::suite::peers_built();
+    v.push(("peers built in", if peers.is_empty() { "none".into() } else { peers.join(", ") }));
     v
 }
 

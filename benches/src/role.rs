@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::stats::{Metric, Timing};
-use crate::{Result, affinity, raw, wharf_tokio};
+use crate::{Result, affinity, idle, pubsub, raw, tokio_echo, wharf_tokio};
 
 /// How a role process is started: its name and parameters.
 #[derive(Clone, Debug)]
@@ -98,14 +98,50 @@ pub fn run(name: &str, p: &Params) -> Result<()> {
     match name {
         // servers
         "raw-echo-server" => raw::echo_server(p),
+        "raw-bulk-echo-server" => raw::bulk_echo_server(p),
+        "raw-fanout-server" => pubsub::raw_fanout_server(p),
+        "raw-hold-server" => idle::hold_server(p),
+        "tokio-echo-server" => tokio_echo::echo_server(p),
         "wharf-tokio-echo-server" => wharf_tokio::echo_server(p),
+        "wharf-tokio-pub-server" => pubsub::pub_server(p),
         // clients
         "raw-pingpong" => report(raw::pingpong(p)?),
         "raw-window" => report(raw::window(p)?),
+        "raw-bulk" => report(raw::bulk(p)?),
+        "raw-fanout-sub" => report(pubsub::raw_fanout_client(p)?),
+        "raw-idle" => report(idle::raw_client(p)?),
+        "tokio-echo-pingpong" => report(tokio_echo::pingpong(p)?),
+        "tokio-echo-idle" => report(idle::tokio_echo_client(p)?),
         "wharf-tokio-unary" => report(wharf_tokio::unary_latency(p)?),
         "wharf-tokio-inflight" => report(wharf_tokio::inflight(p)?),
-        other => Err(format!("unknown role {other:?}").into()),
+        "wharf-tokio-bulk" => report(wharf_tokio::bulk(p)?),
+        "wharf-tokio-sub" => report(pubsub::sub_client(p)?),
+        "wharf-tokio-idle" => report(idle::wharf_client(p)?),
+        other => peer(other, p),
     }
+}
+
+/// The peers' roles (cargo features `tarpc`, `zmq`).
+fn peer(name: &str, p: &Params) -> Result<()> {
+    #[cfg(feature = "tarpc")]
+    match name {
+        "tarpc-echo-server" => return crate::peers::tarpc::echo_server(p),
+        "tarpc-unary" => return report(crate::peers::tarpc::unary_latency(p)?),
+        "tarpc-inflight" => return report(crate::peers::tarpc::inflight(p)?),
+        _ => {}
+    }
+    #[cfg(feature = "zmq")]
+    match name {
+        "zmq-rep-server" => return crate::peers::zmq::rep_server(p),
+        "zmq-router-server" => return crate::peers::zmq::router_server(p),
+        "zmq-xpub-server" => return crate::peers::zmq::xpub_server(p),
+        "zmq-req" => return report(crate::peers::zmq::req(p)?),
+        "zmq-dealer" => return report(crate::peers::zmq::dealer(p)?),
+        "zmq-sub" => return report(crate::peers::zmq::sub(p)?),
+        _ => {}
+    }
+    let _ = p;
+    Err(format!("unknown role {name:?} (peers need their cargo features: --features tarpc,zmq)").into())
 }
 
 /// A client's figures, as the orchestrator parses them.
@@ -122,10 +158,24 @@ fn report(metrics: Vec<Metric>) -> Result<()> {
 /// (which waits for this line before starting the client), and ends this
 /// process when the orchestrator closes our standard input.
 pub fn server_ready() -> Result<()> {
-    std::thread::Builder::new().name("stdin-watch".into()).spawn(|| {
+    server_ready_reporting(Vec::new)
+}
+
+/// [`server_ready`] for a server with figures of its own: when the
+/// orchestrator closes our standard input (after the client has finished),
+/// `report` is called and its figures are printed as `metric KEY VALUE`
+/// lines before the process ends. Their keys start with `srv_` so they
+/// cannot collide with the client's.
+pub fn server_ready_reporting(report: impl Fn() -> Vec<Metric> + Send + 'static) -> Result<()> {
+    std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
         let mut sink = [0u8; 64];
         let mut stdin = std::io::stdin();
         while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let mut out = std::io::stdout().lock();
+        for (k, v) in report() {
+            let _ = writeln!(out, "metric {k} {v}");
+        }
+        let _ = out.flush();
         std::process::exit(0);
     })?;
     let mut out = std::io::stdout().lock();

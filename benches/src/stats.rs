@@ -61,6 +61,13 @@ pub fn rate(calls: u64, from: Instant, to: Instant) -> Vec<Metric> {
     vec![("calls".into(), calls as f64), ("calls_per_s".into(), if secs > 0.0 { calls as f64 / secs } else { 0.0 })]
 }
 
+/// Payload MiB per second from a client's `calls_per_s`, with
+/// `bytes_per_call` payload bytes moved per call.
+pub fn mib_per_s(metrics: &[Metric], bytes_per_call: usize) -> Metric {
+    let calls = metrics.iter().find(|(k, _)| k == "calls_per_s").map_or(0.0, |(_, v)| *v);
+    ("mib_per_s".into(), calls * bytes_per_call as f64 / (1024.0 * 1024.0))
+}
+
 /// How long a client warms up and then measures.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {

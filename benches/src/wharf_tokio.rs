@@ -1,17 +1,13 @@
 //! wharf on tokio: an echo server (`Router::raw`) and unary clients
 //! (`Session::call_raw`) with 64-byte raw payloads.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
-
 use bytes::Bytes;
-use wharf::{CallOptions, Context, Error, Router};
+use wharf::{CallOptions, Config, Context, Error, Router};
 
-use crate::Result;
 use crate::raw::MSG;
 use crate::role::{Params, server_ready};
-use crate::stats::{Latencies, Metric, Timing, rate};
+use crate::stats::{Metric, Timing, mib_per_s};
+use crate::{Result, drive, sys};
 
 /// The echo method's name.
 const ECHO: &str = "echo";
@@ -46,7 +42,8 @@ impl std::fmt::Display for Flavor {
     }
 }
 
-fn runtime(p: &Params) -> Result<tokio::runtime::Runtime> {
+/// The tokio runtime of a role, from its `flavor=` parameter.
+pub fn runtime(p: &Params) -> Result<tokio::runtime::Runtime> {
     let mut b = match p.get::<Flavor>("flavor")? {
         Flavor::Current => tokio::runtime::Builder::new_current_thread(),
         Flavor::Multi => tokio::runtime::Builder::new_multi_thread(),
@@ -54,13 +51,43 @@ fn runtime(p: &Params) -> Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
+/// The connection config of the bulk measurement's client and server:
+/// the default, with `max_frame_size` raised for `size`-byte payloads if
+/// the default (16 MiB) is too small.
+pub fn bulk_config(size: usize) -> Result<Config> {
+    let mut config = Config::default();
+    let needed = size.saturating_add(64 * 1024);
+    if needed > config.max_frame_size as usize {
+        config.max_frame_size =
+            u32::try_from(needed).map_err(|_| format!("a {size}-byte payload exceeds wharf's frame limit"))?;
+        config.max_inbound_buffered = config.max_inbound_buffered.max(2 * needed);
+        config.max_outbound_buffered = config.max_outbound_buffered.max(2 * needed);
+    }
+    Ok(config)
+}
+
 /// Serves `echo` (a raw handler returning its payload) until the
-/// orchestrator closes our standard input.
+/// orchestrator closes our standard input. Optional parameters: `conns=N`
+/// raises the open-file limit and wharf's connection limit (default 4096)
+/// for N clients; `size=BYTES` sizes the frame limit for payloads that big
+/// ([`bulk_config`]).
 pub fn echo_server(p: &Params) -> Result<()> {
     let socket = p.socket()?;
+    let conns = p.opt::<usize>("conns")?;
+    if let Some(n) = conns {
+        sys::raise_nofile(n as u64 + 64)?;
+    }
+    let config = match p.opt::<usize>("size")? {
+        Some(size) => bulk_config(size)?,
+        None => Config::default(),
+    };
     runtime(p)?.block_on(async move {
         let router = Router::new().raw(ECHO, |payload: Bytes, _: Context| async move { Ok::<_, Error>(payload) });
-        let _server = wharf::tokio::server().router(router).bind(socket).await?;
+        let mut builder = wharf::tokio::server().router(router).config(config);
+        if let Some(n) = conns {
+            builder = builder.max_connections(n + 16);
+        }
+        let _server = builder.bind(socket).await?;
         server_ready()?;
         std::future::pending::<Result<()>>().await
     })
@@ -77,35 +104,40 @@ pub fn unary_latency(p: &Params) -> Result<Vec<Metric>> {
     // per call), which would be measured here as wharf's.
     runtime(p)?.block_on(async move {
         let client = wharf::tokio::connect(socket).await?;
-        tokio::spawn(latency_loop(client, timing)).await?
+        tokio::spawn(latency_loop(client, Bytes::from(vec![0x5Au8; MSG]), timing)).await?
     })
 }
 
-/// The back-to-back call loop of [`unary_latency`].
-async fn latency_loop(client: wharf::Client, timing: Timing) -> Result<Vec<Metric>> {
-    let payload = Bytes::from(vec![0x5Au8; MSG]);
-    let call = || async {
-        let r = client.call_raw(ECHO, payload.clone(), CallOptions::new()).await?;
-        if r.len() != MSG {
-            return Err::<(), crate::BoxError>(format!("echo returned {} bytes", r.len()).into());
-        }
-        Ok(())
-    };
-    let warm_end = Instant::now() + timing.warmup;
-    while Instant::now() < warm_end {
-        call().await?;
+/// Bulk: one `size=`-byte payload echoed per call, back to back, as in
+/// [`unary_latency`]: round-trip percentiles, calls per second and payload
+/// MiB/s (request and echo both counted).
+pub fn bulk(p: &Params) -> Result<Vec<Metric>> {
+    let timing = p.timing()?;
+    let socket = p.socket()?;
+    let size: usize = p.get("size")?;
+    let config = bulk_config(size)?;
+    let mut metrics = runtime(p)?.block_on(async move {
+        let client = wharf::tokio::client().config(config).connect(socket).await?;
+        tokio::spawn(latency_loop(client, Bytes::from(vec![0x5Au8; size]), timing)).await?
+    })?;
+    metrics.push(mib_per_s(&metrics, 2 * size));
+    Ok(metrics)
+}
+
+/// The back-to-back call loop of [`unary_latency`] and [`bulk`]. The
+/// response's length is checked, not its bytes (the floor does the same).
+async fn latency_loop(client: wharf::Client, payload: Bytes, timing: Timing) -> Result<Vec<Metric>> {
+    drive::back_to_back(timing, || echo(&client, payload.clone())).await
+}
+
+/// One `echo` call, its response's length checked.
+async fn echo(client: &wharf::Client, payload: Bytes) -> Result<()> {
+    let len = payload.len();
+    let r = client.call_raw(ECHO, payload, CallOptions::new()).await?;
+    if r.len() != len {
+        return Err(format!("echo returned {} of {len} bytes", r.len()).into());
     }
-    let mut lat = Latencies::start();
-    let end = Instant::now() + timing.measure;
-    loop {
-        let t0 = Instant::now();
-        if t0 >= end {
-            break;
-        }
-        call().await?;
-        lat.record(t0, Instant::now());
-    }
-    Ok(lat.finish())
+    Ok(())
 }
 
 /// `window` tasks on one connection, each calling back to back: calls per
@@ -117,31 +149,10 @@ pub fn inflight(p: &Params) -> Result<Vec<Metric>> {
     runtime(p)?.block_on(async move {
         let client = wharf::tokio::connect(socket).await?;
         let payload = Bytes::from(vec![0x5Au8; MSG]);
-        let done = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> = (0..window)
-            .map(|_| {
-                let (client, payload, done, stop) = (client.clone(), payload.clone(), done.clone(), stop.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = client.call_raw(ECHO, payload.clone(), CallOptions::new()).await?;
-                        if r.len() != MSG {
-                            return Err::<(), crate::BoxError>(format!("echo returned {} bytes", r.len()).into());
-                        }
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        tokio::time::sleep(timing.warmup).await;
-        let (c0, t0) = (done.load(Ordering::Relaxed), Instant::now());
-        tokio::time::sleep(timing.measure).await;
-        let (c1, t1) = (done.load(Ordering::Relaxed), Instant::now());
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await??;
-        }
-        Ok(rate(c1 - c0, t0, t1))
+        drive::in_flight(window, timing, client, move |c: wharf::Client| {
+            let payload = payload.clone();
+            async move { echo(&c, payload).await }
+        })
+        .await
     })
 }
