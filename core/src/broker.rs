@@ -38,10 +38,11 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 
 use bytes::Bytes;
 
-use crate::conn::IdMap;
+use crate::conn::{IdHasher, IdMap};
 use crate::error::ConfigError;
 use crate::event::SubscriptionId;
 use crate::text::Text;
@@ -238,11 +239,16 @@ impl Subscriber {
 
 type Routes = HashMap<Text, Vec<(SubscriberId, u64)>>;
 
+/// Subscribers by id. The ids are chosen by the code around the broker
+/// (normally connection ids), not by peers, so the cheap deterministic id
+/// hasher is safe here; it is looked up once per delivery.
+type Subscribers = HashMap<SubscriberId, Subscriber, BuildHasherDefault<IdHasher>>;
+
 /// The pub/sub machine. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
-    subscribers: HashMap<SubscriberId, Subscriber>,
+    subscribers: Subscribers,
     exact: Routes,
     prefixes: Routes,
     /// Distinct prefix lengths in use, with how many prefixes have each.
@@ -257,7 +263,7 @@ impl Broker {
         config.validate()?;
         Ok(Broker {
             config,
-            subscribers: HashMap::new(),
+            subscribers: Subscribers::default(),
             exact: HashMap::new(),
             prefixes: HashMap::new(),
             prefix_lens: BTreeMap::new(),

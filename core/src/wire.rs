@@ -465,11 +465,19 @@ impl Header {
 
     /// Writes the 16 header bytes.
     pub fn encode(&self, out: &mut impl BufMut) {
-        out.put_u32_le(self.len);
-        out.put_u8(self.ty as u8);
-        out.put_u8(self.flags);
-        out.put_u16_le(0);
-        out.put_u64_le(self.id);
+        out.put_slice(&self.to_array());
+    }
+
+    /// The 16 header bytes (built in place: one copy into the output
+    /// instead of one per field).
+    fn to_array(self) -> [u8; HEADER_LEN] {
+        let mut raw = [0u8; HEADER_LEN];
+        raw[0..4].copy_from_slice(&self.len.to_le_bytes());
+        raw[4] = self.ty as u8;
+        raw[5] = self.flags;
+        // raw[6..8]: reserved, 0.
+        raw[8..16].copy_from_slice(&self.id.to_le_bytes());
+        raw
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`Connection`]: one peer's protocol state, driven by bytes, time and commands.
 
+mod block;
 mod input;
 mod queue;
 
@@ -22,6 +23,7 @@ use crate::wire::{
     PREAMBLE, Reject, Request, SlowConsumerPolicy, TraceId, Welcome,
 };
 
+use block::SpareBlock;
 use queue::SendQueue;
 
 /// Which end of the connection this is.
@@ -202,12 +204,17 @@ struct Ping {
 /// Longest GOODBYE message or REJECT reason we send: with the fixed fields
 /// the frame stays under the smallest `max_frame_size` a peer may announce.
 const MAX_REASON: usize = 1000;
+/// Longest ERROR message we send.
+const MAX_ERROR_MESSAGE: usize = 4096;
 /// Most user pings outstanding at once.
 const MAX_PINGS: usize = 64;
 /// Smallest `max_frame_size` a peer may announce.
 const MIN_PEER_FRAME: u32 = 1024;
 /// Read granularity used to size the receive buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Between frames, a receive block still shared with frames handed out in
+/// events is read into until less than this much room is left.
+const MIN_READ: usize = 8 * 1024;
 
 /// The protocol state of one connection, client or server. Pure: it never
 /// performs I/O, never reads a clock, never spawns.
@@ -292,11 +299,17 @@ pub struct Connection {
 
     // Inbound.
     recv: BytesMut,
+    /// The previous receive block, while frames handed out in events may
+    /// still share it. See [`Connection::make_recv_room`].
+    recv_spare: SpareBlock,
     preamble_seen: usize,
     pending_header: Option<crate::wire::Header>,
 
     // Outbound.
     out: SendQueue,
+    /// Backs the text of frames built from borrowed strings (see
+    /// [`Connection::scratch_text`]).
+    scratch: BytesMut,
     transmit_dirty: bool,
     stall_since: Option<Instant>,
     blocked: bool,
@@ -377,9 +390,11 @@ impl Connection {
             now,
             handshake_deadline,
             recv: BytesMut::new(),
+            recv_spare: SpareBlock::default(),
             preamble_seen: 0,
             pending_header: None,
             out: SendQueue::default(),
+            scratch: BytesMut::new(),
             transmit_dirty: false,
             stall_since: None,
             blocked: false,
@@ -529,6 +544,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
+        self.make_recv_room(data.len(), data.len().max(READ_CHUNK));
         self.recv.extend_from_slice(data);
         self.stats.bytes_received += data.len() as u64;
         self.note_received(data.len());
@@ -540,18 +556,57 @@ impl Connection {
     /// reserves), then call [`handle_received`](Self::handle_received).
     /// Bytes already in the buffer must not be modified.
     pub fn recv_buffer(&mut self) -> &mut BytesMut {
-        let want = match self.pending_header {
+        let (need, want) = match self.pending_header {
             // Grow towards the declared frame, but never by more than what
             // has actually arrived (so a lying length cannot make us reserve).
             Some(h) => {
-                (HEADER_LEN + h.len as usize).saturating_sub(self.recv.len()).clamp(1, READ_CHUNK.max(self.recv.len()))
+                let want = (HEADER_LEN + h.len as usize)
+                    .saturating_sub(self.recv.len())
+                    .clamp(1, READ_CHUNK.max(self.recv.len()));
+                (want, want)
             }
-            None => READ_CHUNK,
+            None => (MIN_READ, READ_CHUNK),
         };
-        if self.recv.capacity() - self.recv.len() < want {
-            self.recv.reserve(want);
-        }
+        self.make_recv_room(need, want);
         &mut self.recv
+    }
+
+    /// Makes room in the receive buffer for at least `need` more bytes,
+    /// and for `want` if that costs no allocation.
+    ///
+    /// Frames are split off the receive block and handed to the application
+    /// as `Bytes` slices of it, so the block stays shared until every event
+    /// payload and string cut from it is dropped. In the steady state this
+    /// allocates nothing:
+    ///
+    /// - if the application dropped everything, the block is reclaimed in
+    ///   place (the start of a partial frame moves to its front);
+    /// - if it still holds something (a handler running elsewhere, events
+    ///   not yet polled), reading goes on into the block's remaining room
+    ///   down to `need`, then moves to the spare block (see [`SpareBlock`]).
+    ///
+    /// A frame larger than one block grows the one buffer instead.
+    fn make_recv_room(&mut self, need: usize, want: usize) {
+        let len = self.recv.len();
+        let room = self.recv.capacity() - len;
+        if room >= want {
+            return;
+        }
+        if len + need > READ_CHUNK {
+            // A large frame: reclaim or grow the one buffer.
+            self.recv.reserve(want);
+            return;
+        }
+        let full = room < need;
+        if self.recv.try_reclaim(want) || (full && self.recv.try_reclaim(need)) {
+            if full {
+                self.recv_spare.not_needed();
+            }
+            return;
+        }
+        if full {
+            self.recv_spare.switch(&mut self.recv, need, len + want);
+        }
     }
 
     /// Processes bytes appended to [`recv_buffer`](Self::recv_buffer) since
@@ -934,8 +989,26 @@ impl Connection {
 
     /// Answers a call the peer made with an error.
     pub fn respond_error(&mut self, id: RequestId, code: Code, message: &str, data: Bytes) -> Result<(), SendError> {
-        let message = Text::from(free_text(message, 4096).to_string());
+        let message = self.scratch_text(message, MAX_ERROR_MESSAGE);
         self.answer(id, Frame::Error(ErrorBody { id: id.0, code, message, data }))
+    }
+
+    /// `s` made fit for the wire as [`free_text`] does, in a `Text` backed
+    /// by the reusable scratch buffer: encoding copies the text into the
+    /// transmit queue and drops the frame, so the buffer is free again by
+    /// the next call and nothing is allocated in the steady state.
+    fn scratch_text(&mut self, s: &str, max: usize) -> Text {
+        let replaced;
+        let mut s = s;
+        if s.contains('\0') {
+            replaced = s.replace('\0', "\u{FFFD}");
+            s = &replaced;
+        }
+        let s = truncate_str(s, max);
+        self.scratch.reserve(s.len());
+        self.scratch.extend_from_slice(s.as_bytes());
+        // Valid UTF-8 by construction (a `str` cut at a character boundary).
+        Text::from_utf8(self.scratch.split().freeze()).unwrap_or_default()
     }
 
     fn answer(&mut self, id: RequestId, frame: Frame) -> Result<(), SendError> {
@@ -1585,6 +1658,7 @@ impl Connection {
         self.in_streams = 0;
         self.pending_publishes = 0;
         self.recv = BytesMut::new();
+        self.recv_spare.clear();
         self.pending_header = None;
         self.blocked = false;
         self.state = State::Closed(err.clone());
@@ -1610,13 +1684,22 @@ impl Connection {
 /// Free text (messages, reasons) as the wire needs it: no NUL (replaced by
 /// U+FFFD), at most `max` bytes, cut at a character boundary.
 fn free_text(s: &str, max: usize) -> String {
-    let mut s = if s.contains('\0') { s.replace('\0', "\u{FFFD}") } else { s.to_string() };
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    if s.contains('\0') {
+        truncate_str(&s.replace('\0', "\u{FFFD}"), max).to_string()
+    } else {
+        truncate_str(s, max).to_string()
     }
-    s
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a
+/// character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -5,12 +5,17 @@
 //! payloads are queued as their own chunk without copying. Splitting `open`
 //! leaves its spare capacity in place, and once the written chunks are
 //! dropped that capacity is reclaimed, so the steady state allocates nothing.
+//! `open` is reset to the start of its block whenever the queue drains, and
+//! when it runs out of room while chunks cut from it still wait to be
+//! written (more than a block queued in one go), it moves to a
+//! [`SpareBlock`], so that case does not allocate either.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::block::SpareBlock;
 use crate::wire::{Frame, HEADER_LEN};
 
 /// Payloads up to this size are copied next to their header.
@@ -22,6 +27,9 @@ const OPEN_CHUNK: usize = 16 * 1024;
 pub(crate) struct SendQueue {
     chunks: VecDeque<Bytes>,
     open: BytesMut,
+    /// The previous coalescing block, while chunks cut from it may still
+    /// be queued.
+    spare: SpareBlock,
     len: usize,
 }
 
@@ -35,9 +43,28 @@ impl SendQueue {
         self.len == 0
     }
 
+    /// Makes room for `n` more bytes in `open`. Allocates only when both
+    /// `open` and the spare block still share memory with unwritten chunks,
+    /// or for a frame head larger than a block.
     fn reserve(&mut self, n: usize) {
-        if self.open.capacity() - self.open.len() < n {
-            self.open.reserve(n.max(OPEN_CHUNK));
+        if self.open.capacity() - self.open.len() >= n {
+            return;
+        }
+        let want = n.max(OPEN_CHUNK);
+        if self.open.try_reclaim(want) || self.open.try_reclaim(n) {
+            self.spare.not_needed();
+            return;
+        }
+        // Queue what `open` holds, then go on in another block.
+        self.seal();
+        self.spare.switch(&mut self.open, n, want);
+    }
+
+    /// The queue drained: start `open` over at the front of its block if no
+    /// written chunk still holds part of it (no allocation, nothing copied).
+    fn rewind(&mut self) {
+        if self.len == 0 && self.chunks.is_empty() && self.open.is_empty() {
+            let _ = self.open.try_reclaim(OPEN_CHUNK);
         }
     }
 
@@ -95,6 +122,7 @@ impl SendQueue {
         self.seal();
         let c = self.chunks.pop_front()?;
         self.len -= c.len();
+        // The caller holds `c` for now: a later `reserve` reclaims the block.
         Some(c)
     }
 
@@ -116,12 +144,14 @@ impl SendQueue {
             n -= front.len();
             self.chunks.pop_front();
         }
+        self.rewind();
     }
 
     /// Drops everything (the peer will never read it).
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
         self.open.clear();
+        self.spare.clear();
         self.len = 0;
     }
 }
