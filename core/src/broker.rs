@@ -193,6 +193,10 @@ pub struct BrokerStats {
     pub dropped: u64,
     /// Subscribers disconnected as slow consumers.
     pub disconnected: u64,
+    /// Queued messages thrown away undelivered because their subscription
+    /// or subscriber went away (unsubscribed, disconnected, removed).
+    /// `queued - delivered - dropped - discarded` is the current backlog.
+    pub discarded: u64,
     /// Subscriptions refused (`max_subscriptions`, `max_topic_len`).
     pub subscriptions_refused: u64,
 }
@@ -294,6 +298,7 @@ impl Broker {
     /// Removes a subscriber with its subscriptions and queue; false if unknown.
     pub fn remove_subscriber(&mut self, id: SubscriberId) -> bool {
         let Some(sub) = self.subscribers.remove(&id) else { return false };
+        self.stats.discarded += sub.queue.len() as u64;
         for (sid, info) in sub.subs {
             self.unroute(id, sid, &info);
         }
@@ -308,6 +313,12 @@ impl Broker {
     /// Number of subscriptions of one subscriber.
     pub fn subscription_count(&self, id: SubscriberId) -> usize {
         self.subscribers.get(&id).map_or(0, |s| s.subs.len())
+    }
+
+    /// Messages queued for all subscribers and not yet delivered.
+    pub fn backlog(&self) -> u64 {
+        let st = &self.stats;
+        st.queued.saturating_sub(st.delivered + st.dropped + st.discarded)
     }
 
     /// Messages and bytes queued for one subscriber.
@@ -357,15 +368,17 @@ impl Broker {
     pub fn unsubscribe(&mut self, subscriber: SubscriberId, subscription: SubscriptionId) -> bool {
         let Some(s) = self.subscribers.get_mut(&subscriber) else { return false };
         let Some(info) = s.subs.remove(&subscription.0) else { return false };
-        let mut freed = 0;
+        let (mut freed, mut count) = (0, 0u64);
         s.queue.retain(|q| {
             let keep = q.subscription != subscription.0;
             if !keep {
                 freed += q.size();
+                count += 1;
             }
             keep
         });
         s.queued_bytes -= freed;
+        self.stats.discarded += count;
         s.lag.retain(|(id, _)| *id != subscription.0);
         self.unroute(subscriber, subscription.0, &info);
         true
@@ -499,6 +512,7 @@ fn enqueue(
                 s.queue.front().map_or(sub, |q| q.subscription)
             };
             s.disconnected = true;
+            stats.discarded += s.queue.len() as u64;
             s.queue.clear();
             s.queued_bytes = 0;
             s.lag.clear();

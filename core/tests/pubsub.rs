@@ -1267,3 +1267,44 @@ fn a_message_racing_an_unsubscribe_is_ignored_and_counted() {
     p.drive();
     assert!(matches!(p.client.conn.error(), Some(ConnectionError::Protocol(ProtocolError::BadId { id: 1001, .. }))));
 }
+
+/// The backlog (`queued - delivered - dropped - discarded`) returns to zero
+/// when queues are thrown away: by an unsubscribe, a removed subscriber and
+/// a slow consumer disconnected by its policy. A publisher pacing itself on
+/// the backlog would otherwise wait forever after a subscriber left.
+#[test]
+fn backlog_returns_to_zero_when_queues_are_discarded() {
+    let mut b = broker_with(4, 1 << 20);
+    for n in 1..=3u64 {
+        assert!(b.add_subscriber(SubscriberId(n)));
+    }
+    sub(&mut b, 1, 11, "a", false, DropOldest);
+    sub(&mut b, 2, 21, "a", false, DropOldest);
+    sub(&mut b, 3, 31, "a", false, Disconnect);
+    let payload = Bytes::from_static(b"x");
+    for _ in 0..3 {
+        b.publish(&t("a"), &payload);
+    }
+    assert_eq!(b.backlog(), 9);
+
+    // One delivered, then the rest of subscriber 1's queue unsubscribed away.
+    assert!(matches!(b.next_delivery(SubscriberId(1)), Some(Delivery::Message { .. })));
+    assert_eq!(b.backlog(), 8);
+    assert!(b.unsubscribe(SubscriberId(1), SubscriptionId(11)));
+    assert_eq!(b.backlog(), 6);
+
+    // Subscriber 2 leaves with three messages queued.
+    assert!(b.remove_subscriber(SubscriberId(2)));
+    assert_eq!(b.backlog(), 3);
+
+    // Subscriber 3 overflows its queue of 4 under Disconnect: its queue is
+    // thrown away with it.
+    b.publish(&t("a"), &payload);
+    assert_eq!(b.backlog(), 4);
+    let r = b.publish(&t("a"), &payload);
+    assert_eq!(r.disconnected, 1);
+    assert_eq!(b.backlog(), 0);
+    let st = b.stats();
+    assert_eq!(st.discarded, 2 + 3 + 4);
+    assert_eq!(st.queued, st.delivered + st.dropped + st.discarded);
+}
