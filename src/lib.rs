@@ -26,7 +26,10 @@
 //! - the endpoint API (this crate's top level, from `wharf-async`):
 //!   [`Router`], [`Context`], [`Session`]/[`Client`], [`Server`],
 //!   [`Subscription`], streaming [`Sender`]/[`Receiver`], [`Error`];
-//! - one module per runtime: [`tokio`] (feature `tokio`, on by default);
+//! - one module per runtime: [`tokio`] (feature `tokio`, on by default),
+//!   `smol` (feature `smol`), `async_std` (feature `async-std`); any
+//!   of them can be enabled together, and a client of one runtime talks to
+//!   a server of another;
 //! - [`core`]: the sans-IO protocol state machine, for driving wharf from
 //!   your own event loop;
 //! - [`transport`]: endpoint names, safe socket binding, peer credentials.
@@ -37,7 +40,7 @@
 pub use wharf_core as core;
 pub use wharf_transport as transport;
 
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 pub use wharf_async::*;
 
 /// wharf on tokio: [`connect`](tokio::connect), [`client`](tokio::client),
@@ -47,7 +50,24 @@ pub mod tokio {
     pub use wharf_tokio::*;
 }
 
+/// wharf on smol: [`connect`](smol::connect), [`client`](smol::client),
+/// [`server`](smol::server) on smol's global executor,
+/// [`backend_on`](smol::backend_on) for an executor of yours, and plain byte
+/// streams in [`net`](smol::net).
+#[cfg(feature = "smol")]
+pub mod smol {
+    pub use wharf_smol::*;
+}
+
+/// wharf on async-std: [`connect`](async_std::connect),
+/// [`client`](async_std::client), [`server`](async_std::server), and plain
+/// byte streams in [`net`](async_std::net) (shared with `wharf::smol`).
+#[cfg(feature = "async-std")]
+pub mod async_std {
+    pub use wharf_async_std::*;
+}
+
 /// The README's code blocks, compiled and run as doctests.
-#[cfg(all(doctest, feature = "tokio"))]
+#[cfg(all(doctest, feature = "tokio", feature = "smol", feature = "async-std"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -1,13 +1,16 @@
 //! The conformance harness: one set of cases ([`cases`]), run against every
-//! adapter (a runtime: tokio now; smol, async-std, mio later) and every
-//! transport (Unix sockets and TCP now; Windows named pipes later).
+//! adapter (a runtime: tokio, smol, async-std, and cross-runtime pairs of
+//! them; mio later) and every transport (Unix sockets, TCP, Windows named
+//! pipes).
 //!
 //! Plugging in:
-//! - a runtime: implement [`Adapter`] (a fresh runtime per test in
-//!   `block_on`, and the wharf [`Backend`] of the runtime it runs), then in
-//!   a test file `tests/conformance_<adapter>.rs`:
-//!   `#[macro_use] mod conformance;` and one `conformance!(name, Adapter, Transport)`
-//!   line per transport;
+//! - a runtime: implement [`Adapter`] in [`adapters`] (a fresh runtime per
+//!   test in `block_on` where the runtime allows it, and the wharf
+//!   [`Backend`] of the runtime it runs; a different `client_backend` for a
+//!   cross-runtime pair), then in a test file
+//!   `tests/conformance_<adapter>.rs`: `#[macro_use] mod conformance;` and
+//!   `conformance_everywhere!(name, Adapter)` (or one
+//!   `conformance!(name, Adapter, Transport)` line per transport);
 //! - a transport: a [`Transport`] variant with its fresh endpoints
 //!   ([`Env::endpoint`]), its expected connect errors, and an arm in
 //!   [`conformance!`] naming the cases that only make sense on it.
@@ -19,6 +22,7 @@
 // Each test binary uses a different subset of the helpers.
 #![allow(dead_code)]
 
+pub mod adapters;
 pub mod cases;
 
 use std::future::Future;
@@ -42,13 +46,14 @@ pub trait Adapter: 'static {
     /// timers and I/O enabled; everything it spawned is dropped afterwards.
     fn block_on<F: Future>(future: F) -> F::Output;
 
-    /// The wharf backend of the runtime `block_on` runs. Called inside it.
+    /// The wharf backend of servers (and of the tasks a case spawns).
+    /// Called inside `block_on`.
     fn backend() -> Backend;
 
-    /// Sleeps on the runtime. The default uses the backend's timer, so an
-    /// adapter only overrides it to test its own sleep.
-    fn sleep(duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(runtime_sleep(Self::backend(), duration))
+    /// The wharf backend of clients: the server's, unless the adapter is a
+    /// cross-runtime pair. Called inside `block_on`.
+    fn client_backend() -> Backend {
+        Self::backend()
     }
 }
 
@@ -80,9 +85,11 @@ pub struct Env {
     pub adapter: &'static str,
     /// The transport every endpoint of this env is on.
     pub transport: Transport,
-    /// The adapter's backend (runtime and network).
+    /// The adapter's backend (runtime and network): servers and spawned
+    /// tasks run on it, and so do sleeps and time-outs.
     pub backend: Backend,
-    sleep: fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The backend of clients (another runtime's in a cross-runtime pair).
+    pub client_backend: Backend,
     dir: Option<tempfile::TempDir>,
     next: AtomicUsize,
     /// The libtest name of this (adapter, transport)'s peer-process test.
@@ -140,7 +147,7 @@ impl Env {
             adapter: A::name(),
             transport,
             backend: A::backend(),
-            sleep: A::sleep,
+            client_backend: A::client_backend(),
             dir,
             next: AtomicUsize::new(0),
             peer_test,
@@ -173,9 +180,9 @@ impl Env {
         ServerBuilder::new(self.backend.clone())
     }
 
-    /// A client builder on this env's backend.
+    /// A client builder on this env's client backend.
     pub fn client(&self) -> ClientBuilder {
-        ClientBuilder::new(self.backend.clone())
+        ClientBuilder::new(self.client_backend.clone())
     }
 
     /// Binds the server `make` builds on a fresh endpoint. A TCP port picked
@@ -207,13 +214,13 @@ impl Env {
 
     /// Sleeps on the adapter's runtime.
     pub async fn sleep(&self, duration: Duration) {
-        (self.sleep)(duration).await
+        runtime_sleep(self.backend.clone(), duration).await
     }
 
     /// `future`, or `None` if `limit` passes first.
     pub async fn timeout<T>(&self, limit: Duration, future: impl Future<Output = T>) -> Option<T> {
         let future = std::pin::pin!(future);
-        match select(future, (self.sleep)(limit)).await {
+        match select(future, std::pin::pin!(self.sleep(limit))).await {
             Either::Left((v, _)) => Some(v),
             Either::Right(((), _)) => None,
         }
@@ -434,6 +441,11 @@ impl<T> Task<T> {
         }
     }
 
+    /// Waits until it has finished, leaving the output for `join`.
+    pub async fn finished(&self) {
+        self.cell.wait(|s| !matches!(s, TaskState::Running)).await
+    }
+
     /// Whether it has finished.
     pub fn is_finished(&self) -> bool {
         self.cell.with(|s| !matches!(s, TaskState::Running))
@@ -573,6 +585,29 @@ macro_rules! conformance {
             aborted_client_reported_to_on_disconnect,
             server_abort_ends_every_connection,
         );
+    };
+}
+
+/// Instantiates every case for one adapter on every transport of this OS,
+/// as modules `$module::unix` (Unix), `$module::tcp`, `$module::pipe`
+/// (Windows):
+///
+/// ```ignore
+/// conformance_everywhere!(smol, Smol);
+/// ```
+#[macro_export]
+macro_rules! conformance_everywhere {
+    ($module:ident, $adapter:ty) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[cfg(unix)]
+            $crate::conformance!(unix, $adapter, Unix);
+            $crate::conformance!(tcp, $adapter, Tcp);
+            #[cfg(windows)]
+            $crate::conformance!(pipe, $adapter, Pipe);
+        }
     };
 }
 

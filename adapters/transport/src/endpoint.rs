@@ -128,6 +128,19 @@ impl Endpoint {
             Endpoint::Tcp(_) => Ok(()),
         }
     }
+
+    /// The error an adapter gives for an endpoint it cannot use on this OS
+    /// (Unix sockets off Unix, named pipes off Windows).
+    pub fn unsupported(&self) -> TransportError {
+        let (input, reason) = match self {
+            Endpoint::Unix(path) => {
+                (path.display().to_string(), "Unix sockets are not supported by this adapter on this OS")
+            }
+            Endpoint::Pipe(name) => (name.clone(), "named pipes exist only on Windows"),
+            Endpoint::Tcp(addr) => (addr.clone(), "TCP is not supported by this adapter"),
+        };
+        TransportError::InvalidName { input, reason }
+    }
 }
 
 impl fmt::Display for Endpoint {

@@ -108,8 +108,16 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    pub(crate) fn io(op: &'static str, endpoint: impl std::fmt::Display, source: io::Error) -> Self {
+    /// An [`Io`](TransportError::Io) error: `op` (what was being done, e.g.
+    /// `"register"`) failed on `endpoint`.
+    pub fn io(op: &'static str, endpoint: impl std::fmt::Display, source: io::Error) -> Self {
         TransportError::Io { op, endpoint: endpoint.to_string(), source }
+    }
+
+    /// A connect to `endpoint` that did not complete within `timeout`.
+    pub fn timed_out(endpoint: impl std::fmt::Display, timeout: std::time::Duration) -> Self {
+        let source = io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {timeout:?}"));
+        TransportError::io("connect to", endpoint, source)
     }
 
     /// The closest [`io::ErrorKind`].

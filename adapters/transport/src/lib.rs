@@ -12,13 +12,18 @@
 //!   left by a crashed server reclaimed; [`peer_credentials`] read from the
 //!   kernel at accept time.
 //! - [`bind_tcp`]: loopback-only unless the caller opts in.
-//! - [`PipeRetry`]: the bounded retry policy for busy named pipes.
+//! - [`PipeRetry`]: the bounded retry policy for busy named pipes;
+//!   `create_pipe_instance` and `open_pipe_client` (Windows): pipe handles
+//!   with wharf's security settings, for runtimes without pipe types of
+//!   their own.
+//! - [`recv_buf`]: one `recv` straight into a `BytesMut`'s spare capacity.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod endpoint;
 mod error;
+mod recv;
 mod tcp;
 #[cfg(unix)]
 mod unix;
@@ -32,17 +37,22 @@ use std::time::{Duration, Instant};
 pub use endpoint::runtime_dir;
 pub use endpoint::{Endpoint, MAX_PIPE_NAME, PIPE_PREFIX, SUN_PATH_LEN, check_unix_path};
 pub use error::TransportError;
-pub use tcp::{TcpOptions, bind_tcp, configure_tcp_stream, resolve};
+pub use recv::recv_buf;
+pub use tcp::{TcpOptions, bind_tcp, configure_accepted_tcp, configure_tcp_stream, resolve};
 #[cfg(unix)]
 pub use unix::{SocketFileGuard, bind_unix, lock_path, peer_credentials};
 #[cfg(windows)]
-pub use windows::{ERROR_PIPE_BUSY, pipe_client_identity, pipe_server_identity};
+pub use windows::{
+    ERROR_PIPE_BUSY, create_pipe_instance, open_pipe_client, pipe_client_identity, pipe_server_identity,
+};
 
 /// Typed errors for failed connects.
 pub mod connect_error {
     pub use crate::tcp::connect_error as tcp;
     #[cfg(unix)]
     pub use crate::unix::connect_error as unix;
+    #[cfg(windows)]
+    pub use crate::windows::connect_error as pipe;
 }
 
 /// Who is at the other end, as the kernel reports it at accept time. Which

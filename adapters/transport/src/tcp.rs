@@ -50,6 +50,38 @@ pub fn configure_tcp_stream(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)
 }
 
+/// Applies wharf's settings to an accepted TCP connection: no Nagle delay,
+/// and on Windows a handle that child processes do not inherit. Windows
+/// gives accepted sockets the listener's `WSA_FLAG_NO_HANDLE_INHERIT`, but
+/// Wine does not: there a process started later (by this program, or by
+/// Wine on its behalf) would hold the connection open after this process
+/// died, and the peer would never see it close.
+#[cfg(unix)]
+pub fn configure_accepted_tcp(socket: impl std::os::fd::AsFd) -> std::io::Result<()> {
+    // Accepted with SOCK_CLOEXEC by std and the runtimes already.
+    socket2::SockRef::from(&socket).set_tcp_nodelay(true)
+}
+
+/// Applies wharf's settings to an accepted TCP connection: no Nagle delay,
+/// and on Windows a handle that child processes do not inherit. Windows
+/// gives accepted sockets the listener's `WSA_FLAG_NO_HANDLE_INHERIT`, but
+/// Wine does not: there a process started later (by this program, or by
+/// Wine on its behalf) would hold the connection open after this process
+/// died, and the peer would never see it close.
+#[cfg(windows)]
+pub fn configure_accepted_tcp(socket: impl std::os::windows::io::AsSocket) -> std::io::Result<()> {
+    use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Foundation::{HANDLE_FLAG_INHERIT, SetHandleInformation};
+
+    let raw = socket.as_socket().as_raw_socket();
+    // SAFETY: `raw` is a live socket borrowed for the duration of the call;
+    // a SOCKET is a kernel handle, which SetHandleInformation accepts.
+    if unsafe { SetHandleInformation(raw as _, HANDLE_FLAG_INHERIT, 0) } == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket2::SockRef::from(&socket).set_tcp_nodelay(true)
+}
+
 /// Maps a failed connect to a typed error naming the address.
 pub fn connect_error(addr: &str, e: std::io::Error) -> TransportError {
     let endpoint = format!("tcp:{addr}");
