@@ -571,6 +571,41 @@ impl<S: ByteStream> Driver<S> {
     }
 }
 
+/// A driver dropped before the connection ended (its runtime or executor
+/// was shut down): everything waiting on the session fails with
+/// `ConnectionLost` instead of waiting forever.
+impl<S: ByteStream> Drop for Driver<S> {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        let mut st = inner.lock_driver();
+        if st.finished {
+            return;
+        }
+        if !st.conn.is_closed() {
+            let e = std::io::Error::other("the runtime running this connection was shut down");
+            let now = inner.runtime.now();
+            st.conn.handle_transport_error(&e, now);
+        }
+        while let Some(ev) = st.conn.poll_event() {
+            dispatch(&inner, &mut st, ev);
+        }
+        // Handlers dispatched but never polled: dropped once the lock is
+        // released (a responder locks to answer; the connection is gone, so
+        // nothing is sent).
+        let fresh = std::mem::take(&mut st.fresh);
+        st.finished = true;
+        let wakers = std::mem::take(&mut st.finish_wakers);
+        st.to_wake.extend(wakers);
+        let link = inner.server.clone();
+        let err = st.closed.clone();
+        drop(st);
+        drop(fresh);
+        if let Some(link) = link {
+            link.finished(&inner, err);
+        }
+    }
+}
+
 impl<S: ByteStream> Future for Driver<S> {
     type Output = ();
 

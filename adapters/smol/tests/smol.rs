@@ -76,6 +76,11 @@ fn own_executor_and_dropping_it() {
     smol::block_on(async {
         let other = wharf_smol::client().connect_timeout(Duration::from_secs(2)).connect(&ep).await;
         assert!(other.is_err(), "the server outlived its executor");
+        // The client's own driver went with the executor: its session is
+        // closed, and a call fails at once instead of waiting forever.
+        assert!(client.is_closed(), "the session outlived its driver");
+        let r = client.call::<_, i64>("add", &(1, 1)).await;
+        assert!(matches!(r, Err(wharf_async::Error::ConnectionLost(_))), "{r:?}");
     });
     drop(client);
 }
