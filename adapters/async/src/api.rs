@@ -105,15 +105,11 @@ impl Session {
         // function: the first poll sends and registers the waker in one
         // lock; the guard cancels the call if this future is dropped.
         let mut guard: Option<CallGuard> = None;
-        let mut request = Some((payload, opts));
         std::future::poll_fn(|cx| {
             if let Some(guard) = &guard {
                 return poll_outcome(&self.inner, guard.id, guard, cx);
             }
             let mut st = self.inner.lock();
-            let Some((payload, opts)) = request.take() else {
-                return Poll::Ready(Err(Error::Cancelled));
-            };
             let method_text = st.names.get(method);
             match st.conn.request(method_text, payload.clone(), opts.clone(), now) {
                 Ok(id) => {
@@ -122,7 +118,6 @@ impl Session {
                     Poll::Pending
                 }
                 Err(SendError::Blocked { .. }) => {
-                    request = Some((payload, opts));
                     st.writable.push(cx.waker().clone());
                     Poll::Pending
                 }

@@ -593,17 +593,32 @@ impl<S: ByteStream> Drop for Driver<S> {
         // released (a responder locks to answer; the connection is gone, so
         // nothing is sent).
         let fresh = std::mem::take(&mut st.fresh);
-        st.finished = true;
-        let wakers = std::mem::take(&mut st.finish_wakers);
-        st.to_wake.extend(wakers);
-        let link = inner.server.clone();
-        let err = st.closed.clone();
-        drop(st);
+        finish(&inner, st);
         drop(fresh);
-        if let Some(link) = link {
-            link.finished(&inner, err);
-        }
     }
+}
+
+/// Marks the session finished, wakes whoever waits for that, and tells the
+/// server (if any) that this session is gone.
+fn finish(inner: &Arc<Inner>, mut st: Locked<'_>) {
+    st.finished = true;
+    let wakers = std::mem::take(&mut st.finish_wakers);
+    st.to_wake.extend(wakers);
+    let link = inner.server.clone();
+    let err = st.closed.clone();
+    drop(st);
+    if let Some(link) = link {
+        link.finished(inner, err);
+    }
+}
+
+/// The driver yields with work left: it is polled again at once, so no
+/// handle needs to wake it and no timer is armed.
+fn yield_now(st: &mut State, cx: &mut TaskContext<'_>) -> Poll<()> {
+    st.driver_active = false;
+    st.timer_armed = None;
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 impl<S: ByteStream> Future for Driver<S> {
@@ -623,24 +638,14 @@ impl<S: ByteStream> Future for Driver<S> {
                     drop(st);
                     this.run_fresh(cx);
                     if budget == 0 {
-                        let mut st = inner.lock_driver();
-                        st.driver_active = false;
-                        st.timer_armed = None;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+                        return yield_now(&mut inner.lock_driver(), cx);
                     }
                 }
                 Stop::Idle => {
                     st.driver_active = false;
                     return Poll::Pending;
                 }
-                Stop::Budget => {
-                    // Work remains: yield to other tasks and come back at once.
-                    st.driver_active = false;
-                    st.timer_armed = None;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
+                Stop::Budget => return yield_now(&mut st, cx),
                 Stop::Over => break st,
             }
         };
@@ -656,15 +661,7 @@ impl<S: ByteStream> Future for Driver<S> {
             }
             st = inner.lock_driver();
         }
-        st.finished = true;
-        let wakers = std::mem::take(&mut st.finish_wakers);
-        st.to_wake.extend(wakers);
-        let link = inner.server.clone();
-        let err = st.closed.clone();
-        drop(st);
-        if let Some(link) = link {
-            link.finished(&inner, err);
-        }
+        finish(&inner, st);
         Poll::Ready(())
     }
 }

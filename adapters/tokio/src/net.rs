@@ -118,11 +118,7 @@ impl Stream {
 }
 
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<(Stream, PeerIdentity), Error> {
-    let timed_out = || TransportError::Io {
-        op: "connect to",
-        endpoint: endpoint.to_string(),
-        source: io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {timeout:?}")),
-    };
+    let timed_out = || TransportError::timed_out(endpoint, timeout);
     match endpoint {
         #[cfg(unix)]
         Endpoint::Unix(path) => {
@@ -135,11 +131,7 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<(Stream, Peer
             Ok((Stream::Unix(s), peer))
         }
         #[cfg(not(unix))]
-        Endpoint::Unix(path) => Err(TransportError::InvalidName {
-            input: path.display().to_string(),
-            reason: "Unix sockets are not supported by this adapter on this OS",
-        }
-        .into()),
+        Endpoint::Unix(_) => Err(endpoint.unsupported().into()),
         Endpoint::Tcp(addr) => {
             let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str()))
                 .await
@@ -177,21 +169,12 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<(Stream, Peer
                             }
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(TransportError::NotFound { endpoint: endpoint.to_string(), source: e }.into());
-                    }
-                    Err(e) => {
-                        return Err(
-                            TransportError::Io { op: "open pipe", endpoint: endpoint.to_string(), source: e }.into()
-                        );
-                    }
+                    Err(e) => return Err(wharf_transport::connect_error::pipe(name, e).into()),
                 }
             }
         }
         #[cfg(not(windows))]
-        Endpoint::Pipe(name) => {
-            Err(TransportError::InvalidName { input: name.clone(), reason: "named pipes exist only on Windows" }.into())
-        }
+        Endpoint::Pipe(_) => Err(endpoint.unsupported().into()),
     }
 }
 
@@ -251,7 +234,8 @@ impl Listener {
                 (Stream::Unix(s), peer)
             }),
             Kind::Tcp(l) => l.poll_accept(cx).map_ok(|(s, addr)| {
-                let _ = s.set_nodelay(true);
+                // No Nagle delay; on Windows also not inheritable (Wine).
+                let _ = wharf_transport::configure_accepted_tcp(&s);
                 (Stream::Tcp(s), PeerIdentity { addr: Some(addr), ..Default::default() })
             }),
             #[cfg(windows)]
@@ -284,13 +268,7 @@ fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Error> {
             Kind::Unix(l, guard)
         }
         #[cfg(not(unix))]
-        Endpoint::Unix(path) => {
-            return Err(TransportError::InvalidName {
-                input: path.display().to_string(),
-                reason: "Unix sockets are not supported by this adapter on this OS",
-            }
-            .into());
-        }
+        Endpoint::Unix(_) => return Err(endpoint.unsupported().into()),
         Endpoint::Tcp(addr) => {
             let l = wharf_transport::bind_tcp(addr, &options.tcp)?;
             l.set_nonblocking(true).map_err(|e| TransportError::Io {
@@ -307,13 +285,7 @@ fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Error> {
         #[cfg(windows)]
         Endpoint::Pipe(name) => Kind::Pipe(PipeListener::bind(name)?),
         #[cfg(not(windows))]
-        Endpoint::Pipe(name) => {
-            return Err(TransportError::InvalidName {
-                input: name.clone(),
-                reason: "named pipes exist only on Windows",
-            }
-            .into());
-        }
+        Endpoint::Pipe(_) => return Err(endpoint.unsupported().into()),
     };
     Ok(Listener { kind, endpoint: endpoint.clone() })
 }
