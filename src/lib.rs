@@ -67,7 +67,15 @@ pub mod async_std {
     pub use wharf_async_std::*;
 }
 
+/// wharf without an async runtime: a [`Server`](mio::Server) driven from
+/// your own `mio::Poll`, single connections ([`Conn`](mio::Conn)), and the
+/// blocking [`Client`](mio::Client).
+#[cfg(feature = "mio")]
+pub mod mio {
+    pub use wharf_mio::*;
+}
+
 /// The README's code blocks, compiled and run as doctests.
-#[cfg(all(doctest, feature = "tokio", feature = "smol", feature = "async-std"))]
+#[cfg(all(doctest, feature = "tokio", feature = "smol", feature = "async-std", feature = "mio"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -4,7 +4,7 @@
 //! server connection) and a bounded queue per subscriber. A publish is
 //! matched against exact topics and prefixes and appended to each matching
 //! subscriber's queue; it never waits for anyone. Each connection's driver
-//! drains its own queue into its [`Connection`](crate::Connection) with
+//! drains its own queue into its [`Connection`] with
 //! [`next_delivery`](Broker::next_delivery) as fast as that connection can
 //! write, so a slow subscriber costs only its own queue:
 //!
@@ -42,11 +42,11 @@ use std::hash::BuildHasherDefault;
 
 use bytes::Bytes;
 
-use crate::conn::{IdHasher, IdMap};
-use crate::error::ConfigError;
+use crate::conn::{Connection, IdHasher, IdMap};
+use crate::error::{ConfigError, SendError};
 use crate::event::SubscriptionId;
 use crate::text::Text;
-use crate::wire::SlowConsumerPolicy;
+use crate::wire::{Code, SlowConsumerPolicy};
 
 /// Identifies a subscriber (normally one server connection); chosen by the
 /// caller, for example the connection id.
@@ -483,6 +483,80 @@ impl Broker {
     pub fn poll_event(&mut self) -> Option<BrokerEvent> {
         self.events.pop_front()
     }
+
+    /// Registers a subscription that `conn` (the server connection of
+    /// `subscriber`) received as [`Event::Subscribe`](crate::Event::Subscribe),
+    /// and answers it on that connection: accepted, or refused with
+    /// `TOO_MANY_SUBSCRIPTIONS` or `INVALID_TOPIC`. Every driver answers a
+    /// SUBSCRIBE this way, so that the code lives once.
+    pub fn subscribe_on(
+        &mut self,
+        subscriber: SubscriberId,
+        conn: &mut Connection,
+        subscription: SubscriptionId,
+        topic: Text,
+        prefix: bool,
+        policy: SlowConsumerPolicy,
+    ) -> Result<(), SendError> {
+        match self.subscribe(subscriber, subscription, topic, prefix, policy) {
+            Ok(()) => conn.accept_subscription(subscription),
+            Err(e) => {
+                tracing::debug!(error = %e, "wharf: subscription refused by the broker");
+                let code = match e {
+                    BrokerError::TooManySubscriptions { .. } => Code::TOO_MANY_SUBSCRIPTIONS,
+                    _ => Code::INVALID_TOPIC,
+                };
+                conn.refuse_subscription(subscription, code)
+            }
+        }
+    }
+
+    /// Moves `subscriber`'s queued deliveries into `conn` while the
+    /// connection's transmit queue holds fewer than `limit` bytes (half of
+    /// `max_outbound_buffered` is a good choice: the rest stays free for
+    /// responses). An item the connection refuses as blocked is put back
+    /// and will be the next one. Items for a connection that can no longer
+    /// take them (closing, closed) are discarded and counted.
+    pub fn deliver_into(&mut self, subscriber: SubscriberId, conn: &mut Connection, limit: usize) -> Pumped {
+        let mut pumped = Pumped::default();
+        while conn.transmit_len() < limit {
+            let Some(d) = self.next_delivery(subscriber) else {
+                pumped.drained = true;
+                break;
+            };
+            let r = match &d {
+                Delivery::Message { subscription, topic, payload } => {
+                    conn.deliver(*subscription, topic, payload.clone())
+                }
+                Delivery::Lagged { subscription, dropped } => conn.deliver_lagged(*subscription, *dropped),
+            };
+            match r {
+                Ok(()) => pumped.moved += 1,
+                Err(SendError::Blocked { .. }) => {
+                    self.return_delivery(subscriber, d);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "wharf: delivery dropped");
+                    if matches!(d, Delivery::Message { .. }) {
+                        self.stats.delivered -= 1;
+                        self.stats.discarded += 1;
+                    }
+                }
+            }
+        }
+        pumped
+    }
+}
+
+/// What one [`Broker::deliver_into`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pumped {
+    /// Items (messages and lag reports) handed to the connection.
+    pub moved: usize,
+    /// The subscriber's queue is empty now: a [`BrokerEvent::Ready`] will
+    /// announce the next message.
+    pub drained: bool,
 }
 
 #[allow(clippy::too_many_arguments)]

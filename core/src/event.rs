@@ -53,6 +53,38 @@ pub struct PeerLimits {
     pub initial_stream_window: u32,
 }
 
+/// Why a server refuses a client's HELLO (an auth hook's verdict): the
+/// code, reason and retry hint of the REJECT frame, as
+/// [`Connection::reject`](crate::Connection::reject) sends them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthReject {
+    /// Code sent in the REJECT (default `AUTH_FAILED`).
+    pub code: Code,
+    /// Reason sent to the client.
+    pub reason: String,
+    /// When the client may try again.
+    pub retry_after: Option<Duration>,
+}
+
+impl AuthReject {
+    /// `AUTH_FAILED` with a reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        AuthReject { code: Code::AUTH_FAILED, reason: reason.into(), retry_after: None }
+    }
+
+    /// Another code.
+    pub fn with_code(mut self, code: Code) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// A retry hint.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
 /// A client's HELLO, for the server to accept or reject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakeRequest {

@@ -36,8 +36,8 @@ pub use config::{Config, MAX_TIMEOUT, MIN_KEEPALIVE};
 pub use conn::{CallOptions, Connection, Role, SubscribeOptions, Timeout};
 pub use error::{AckError, CallError, ConfigError, ConnectionError, ProtocolError, SendError};
 pub use event::{
-    CancelReason, Connected, Event, HandshakeRequest, IncomingCall, IncomingNotification, PeerLimits, PublishId,
-    RequestId, SubscriptionId,
+    AuthReject, CancelReason, Connected, Event, HandshakeRequest, IncomingCall, IncomingNotification, PeerLimits,
+    PublishId, RequestId, SubscriptionId,
 };
 pub use stats::Stats;
 pub use text::Text;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, Delivery, PublishReport, SubscriberId};
+use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
 use wharf_core::{
-    Code, Config, Connection, ConnectionError, HandshakeRequest, PublishId, SendError, SlowConsumerPolicy,
+    AuthReject, Code, Config, Connection, ConnectionError, HandshakeRequest, PublishId, SlowConsumerPolicy,
     SubscriptionId, Text,
 };
 use wharf_transport::{Endpoint, PeerIdentity};
@@ -36,36 +36,6 @@ pub struct AuthRequest {
     pub auth: Bytes,
     /// Who connected, as the kernel reports it (never from the payload).
     pub peer: PeerIdentity,
-}
-
-/// Why the auth hook refused a client.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthReject {
-    /// Code sent in the REJECT (default `AUTH_FAILED`).
-    pub code: Code,
-    /// Reason sent to the client.
-    pub reason: String,
-    /// When the client may try again.
-    pub retry_after: Option<Duration>,
-}
-
-impl AuthReject {
-    /// `AUTH_FAILED` with a reason.
-    pub fn new(reason: impl Into<String>) -> Self {
-        AuthReject { code: Code::AUTH_FAILED, reason: reason.into(), retry_after: None }
-    }
-
-    /// Another code.
-    pub fn with_code(mut self, code: Code) -> Self {
-        self.code = code;
-        self
-    }
-
-    /// A retry hint.
-    pub fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
-        self
-    }
 }
 
 type AuthFuture = Pin<Box<dyn Future<Output = Result<(), AuthReject>> + Send>>;
@@ -196,14 +166,7 @@ impl ServerLink {
         prefix: bool,
         policy: SlowConsumerPolicy,
     ) {
-        let r = self.shared.broker().subscribe(SubscriberId(self.id), id, topic, prefix, policy);
-        let _ = match r {
-            Ok(()) => st.conn.accept_subscription(id),
-            Err(e) => {
-                tracing::debug!(error = %e, "wharf: subscription refused by the broker");
-                st.conn.refuse_subscription(id, Code::INVALID_TOPIC)
-            }
-        };
+        let _ = self.shared.broker().subscribe_on(SubscriberId(self.id), &mut st.conn, id, topic, prefix, policy);
     }
 
     pub(crate) fn unsubscribe(&self, id: SubscriptionId) {
@@ -234,29 +197,15 @@ impl ServerLink {
             return false;
         }
         let limit = self.shared.config.max_outbound_buffered / 2;
-        let mut moved = false;
+        // The flag is cleared under the broker's lock: a publish that
+        // makes the queue non-empty again sets it after us, never before.
         let mut broker = self.shared.broker();
-        while st.conn.transmit_len() < limit {
-            let Some(d) = broker.next_delivery(SubscriberId(self.id)) else {
-                self.flags.ready.store(false, Ordering::Release);
-                break;
-            };
-            let r = match &d {
-                Delivery::Message { subscription, topic, payload } => {
-                    st.conn.deliver(*subscription, topic, payload.clone())
-                }
-                Delivery::Lagged { subscription, dropped } => st.conn.deliver_lagged(*subscription, *dropped),
-            };
-            match r {
-                Ok(()) => moved = true,
-                Err(SendError::Blocked { .. }) => {
-                    broker.return_delivery(SubscriberId(self.id), d);
-                    break;
-                }
-                Err(e) => tracing::debug!(error = %e, "wharf: delivery dropped"),
-            }
+        let pumped = broker.deliver_into(SubscriberId(self.id), &mut st.conn, limit);
+        if pumped.drained {
+            self.flags.ready.store(false, Ordering::Release);
         }
-        moved
+        drop(broker);
+        pumped.moved > 0
     }
 
     /// The driver ended: forget the session.

@@ -834,6 +834,11 @@ impl Connection {
         t
     }
 
+    /// Whether events are waiting for [`poll_event`](Self::poll_event).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front()?;

@@ -1,0 +1,648 @@
+//! [`Client`]: a blocking wharf client for scripts and synchronous programs.
+//! One `mio::Poll` of its own, no threads, no async runtime.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Events, Poll, Token};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wharf_core::{
+    CallOptions, Code, Config, Connected, Connection, ConnectionError, Event, SendError, SlowConsumerPolicy,
+    SubscribeOptions, SubscriptionId, Text, Timeout,
+};
+use wharf_transport::{Endpoint, PeerIdentity};
+
+use crate::conn::Conn;
+use crate::error::Error;
+use crate::net::Stream;
+
+const TOKEN: Token = Token(0);
+
+/// Extra time a blocking wait allows beyond a call's own deadline before it
+/// gives up by itself (the core reports the deadline; this is a backstop).
+const BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Something the server sent that no call was waiting for, queued until
+/// [`Client::next`](Client::next_incoming) takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A message for one of our subscriptions.
+    Message {
+        /// The subscription it matched.
+        subscription: SubscriptionId,
+        /// The topic it was published on.
+        topic: Text,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// Messages for this subscription were lost because we fell behind
+    /// (the server's queue, or this client's own queue, overflowed).
+    Lagged {
+        /// The subscription.
+        subscription: SubscriptionId,
+        /// How many messages were lost.
+        dropped: u64,
+    },
+    /// A notification from the server.
+    Notification {
+        /// Method name.
+        method: Text,
+        /// Payload.
+        payload: Bytes,
+    },
+}
+
+impl Incoming {
+    /// Decodes a message's or notification's payload (postcard).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        match self {
+            Incoming::Message { payload, .. } | Incoming::Notification { payload, .. } => decode(payload),
+            Incoming::Lagged { dropped, .. } => Err(Error::Decode {
+                what: std::any::type_name::<T>(),
+                message: format!("a lag report ({dropped} messages lost) has no payload"),
+            }),
+        }
+    }
+}
+
+/// The server said goodbye: it is shutting down or closing this
+/// connection, and may say when to come back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Goodbye {
+    /// Reason code.
+    pub code: Code,
+    /// Message.
+    pub message: String,
+    /// When the server suggests reconnecting.
+    pub reconnect_after: Option<Duration>,
+}
+
+/// How to connect a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    config: Config,
+    auth: Bytes,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    max_queued: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::new()
+    }
+}
+
+impl ClientBuilder {
+    /// Defaults: the default [`Config`], no auth payload, 5 s to connect
+    /// and complete the handshake, 25 s per call, 1,024 queued messages.
+    pub fn new() -> ClientBuilder {
+        ClientBuilder {
+            config: Config::default(),
+            auth: Bytes::new(),
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(25),
+            max_queued: 1024,
+        }
+    }
+
+    /// Protocol limits and timeouts.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The authentication payload sent in HELLO (opaque to wharf; the
+    /// server's auth hook sees it).
+    pub fn auth(mut self, auth: impl Into<Bytes>) -> Self {
+        self.auth = auth.into();
+        self
+    }
+
+    /// Time allowed for connecting and the handshake together.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Default deadline of each call (see [`Client::call_with_timeout`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Messages and notifications kept while nobody reads them (while a
+    /// call is waiting, say). When full, the oldest message is dropped and
+    /// reported as [`Incoming::Lagged`]. Minimum 1.
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = n.max(1);
+        self
+    }
+
+    /// Connects to `endpoint` and completes the handshake, within the
+    /// connect timeout.
+    pub fn connect(self, endpoint: &Endpoint) -> Result<Client, Error> {
+        let start = Instant::now();
+        let deadline = start + self.connect_timeout;
+        let (stream, peer) = Stream::connect(endpoint, self.connect_timeout)?;
+        let config = Arc::new(self.config);
+        let core = Connection::client(config, self.auth, Instant::now())?;
+        let poll = Poll::new().map_err(|e| Error::io("create a mio poll", e))?;
+        let mut conn = Conn::new(stream, core, peer);
+        conn.register(poll.registry(), TOKEN).map_err(|e| Error::io(format!("register {endpoint}"), e))?;
+        let mut client = Client {
+            poll,
+            events: Events::with_capacity(16),
+            conn,
+            connected: None,
+            endpoint: endpoint.clone(),
+            call_timeout: self.call_timeout,
+            queue: VecDeque::new(),
+            lag: HashMap::new(),
+            max_queued: self.max_queued,
+            goodbye: None,
+            closed: None,
+        };
+        let ev =
+            client.wait_for(Some(deadline), "connect", self.connect_timeout, |e| matches!(e, Event::Connected(_)))?;
+        if let Event::Connected(c) = ev {
+            tracing::debug!(endpoint = %endpoint, connection_id = c.connection_id, "wharf: connected");
+            client.connected = Some(c);
+        }
+        Ok(client)
+    }
+}
+
+/// A blocking wharf client: calls, notifications, subscriptions read as an
+/// iterator, publishes and pings, each with a deadline. It owns its
+/// connection and a `mio::Poll`; nothing runs between calls, so keepalive
+/// and incoming messages are handled whenever a method waits (an idle
+/// client that calls nothing for longer than the server's keepalive allows
+/// is closed by the server; the next call then reports it).
+///
+/// ```no_run
+/// # fn main() -> Result<(), wharf_mio::Error> {
+/// let mut client = wharf_mio::Client::connect(&"calculator".parse()?)?;
+/// let sum: i64 = client.call("add", &(2i64, 40i64))?;
+/// assert_eq!(sum, 42);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    poll: Poll,
+    events: Events,
+    conn: Conn,
+    connected: Option<Connected>,
+    endpoint: Endpoint,
+    call_timeout: Duration,
+    queue: VecDeque<Incoming>,
+    /// Messages this client dropped from its own full queue, per
+    /// subscription, reported before the next item.
+    lag: HashMap<SubscriptionId, u64>,
+    max_queued: usize,
+    goodbye: Option<Goodbye>,
+    closed: Option<ConnectionError>,
+}
+
+impl Client {
+    /// Connects with the defaults of [`ClientBuilder::new`].
+    pub fn connect(endpoint: &Endpoint) -> Result<Client, Error> {
+        ClientBuilder::new().connect(endpoint)
+    }
+
+    /// A builder, to set the config, auth payload and timeouts.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// The endpoint this client connected to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// What the handshake established (connection id, server name, limits).
+    pub fn connected(&self) -> Option<&Connected> {
+        self.connected.as_ref()
+    }
+
+    /// The server's identity as the OS reported it.
+    pub fn server_identity(&self) -> &PeerIdentity {
+        self.conn.peer()
+    }
+
+    /// The server's GOODBYE, if it sent one (shutting down, come back
+    /// after the hint).
+    pub fn goodbye(&self) -> Option<&Goodbye> {
+        self.goodbye.as_ref()
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn closed(&self) -> Option<&ConnectionError> {
+        self.closed.as_ref().or(self.conn.core_ref().error())
+    }
+
+    /// The protocol state, for what this client does not wrap (streams,
+    /// metadata, statistics). Commands issued here are written by the next
+    /// method that waits, or by [`flush`](Self::flush).
+    pub fn core(&mut self) -> &mut Connection {
+        self.conn.core()
+    }
+
+    /// Calls `method` with a postcard-encoded request and decodes the
+    /// response, within the default call timeout.
+    pub fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, Error> {
+        let payload = encode(request)?;
+        let bytes = self.call_raw(method, payload)?;
+        decode(&bytes)
+    }
+
+    /// [`call`](Self::call) with its own deadline.
+    pub fn call_with_timeout<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Error> {
+        let payload = encode(request)?;
+        let bytes = self.call_raw_with(method, payload, CallOptions::new().timeout(Timeout::After(timeout)))?;
+        decode(&bytes)
+    }
+
+    /// Calls `method` with raw payload bytes, within the default timeout.
+    pub fn call_raw(&mut self, method: &str, payload: Bytes) -> Result<Bytes, Error> {
+        let options = CallOptions::new().timeout(Timeout::After(self.call_timeout));
+        self.call_raw_with(method, payload, options)
+    }
+
+    /// Calls `method` with raw bytes and options (timeout, metadata, trace
+    /// id). Exactly one outcome: the response, the peer's error, a time-out
+    /// ([`Error::TimedOut`]) or the connection's end.
+    pub fn call_raw_with(&mut self, method: &str, payload: Bytes, mut options: CallOptions) -> Result<Bytes, Error> {
+        if options.timeout == Timeout::Default {
+            options.timeout = Timeout::After(self.call_timeout);
+        }
+        let (timeout, deadline) = match options.timeout {
+            Timeout::After(d) => (d, Instant::now().checked_add(d + BACKSTOP)),
+            _ => (Duration::ZERO, None),
+        };
+        let method = Text::from(method.to_string());
+        let id = self.issue(deadline, timeout, |conn, now| {
+            conn.request(method.clone(), payload.clone(), options.clone(), now)
+        })?;
+        let ev =
+            self.wait_for(deadline, "call", timeout, |e| matches!(e, Event::Response { id: r, .. } if *r == id))?;
+        match ev {
+            Event::Response { result, .. } => result.map_err(Error::from),
+            _ => unreachable!("wait_for returns the event it matched"),
+        }
+    }
+
+    /// Sends a notification (no reply) with a postcard-encoded payload.
+    pub fn notify<T: Serialize + ?Sized>(&mut self, method: &str, value: &T) -> Result<(), Error> {
+        self.notify_raw(method, encode(value)?)
+    }
+
+    /// Sends a notification with raw bytes; returns once it is written to
+    /// the socket (or queued there, if the socket is full).
+    pub fn notify_raw(&mut self, method: &str, payload: Bytes) -> Result<(), Error> {
+        let method = Text::from(method.to_string());
+        let timeout = self.call_timeout;
+        self.issue(Instant::now() + timeout, timeout, |conn, _| {
+            conn.notify(method.clone(), payload.clone(), CallOptions::new())
+        })?;
+        self.flush()
+    }
+
+    /// Subscribes to exactly `topic`, dropping the oldest message if this
+    /// client falls behind; waits for the server's answer.
+    pub fn subscribe(&mut self, topic: &str) -> Result<SubscriptionId, Error> {
+        self.subscribe_with(topic, SubscribeOptions { prefix: false, policy: SlowConsumerPolicy::DropOldest })
+    }
+
+    /// Subscribes to every topic starting with `prefix`.
+    pub fn subscribe_prefix(&mut self, prefix: &str) -> Result<SubscriptionId, Error> {
+        self.subscribe_with(prefix, SubscribeOptions { prefix: true, policy: SlowConsumerPolicy::DropOldest })
+    }
+
+    /// Subscribes with explicit options (prefix, slow-consumer policy).
+    pub fn subscribe_with(&mut self, topic: &str, options: SubscribeOptions) -> Result<SubscriptionId, Error> {
+        let topic = Text::from(topic.to_string());
+        let timeout = self.call_timeout;
+        let deadline = Instant::now() + timeout;
+        let id = self.issue(deadline, timeout, |conn, _| conn.subscribe(topic.clone(), options))?;
+        let ev = self.wait_for(
+            Some(deadline),
+            "subscribe",
+            timeout,
+            |e| matches!(e, Event::SubscribeResult { id: s, .. } if *s == id),
+        )?;
+        match ev {
+            Event::SubscribeResult { result, .. } => result.map(|()| id).map_err(Error::from),
+            _ => unreachable!("wait_for returns the event it matched"),
+        }
+    }
+
+    /// Ends a subscription and waits for the server to confirm; messages
+    /// of it still queued here are discarded.
+    pub fn unsubscribe(&mut self, id: SubscriptionId) -> Result<(), Error> {
+        let timeout = self.call_timeout;
+        let deadline = Instant::now() + timeout;
+        self.issue(deadline, timeout, |conn, _| conn.unsubscribe(id))?;
+        self.queue.retain(|i| !matches!(i, Incoming::Message { subscription, .. } | Incoming::Lagged { subscription, .. } if *subscription == id));
+        self.lag.remove(&id);
+        if self.conn.core_ref().is_closing() {
+            return Ok(());
+        }
+        let ev = self.wait_for(
+            Some(deadline),
+            "unsubscribe",
+            timeout,
+            |e| matches!(e, Event::UnsubscribeResult { id: s, .. } if *s == id),
+        )?;
+        match ev {
+            Event::UnsubscribeResult { result, .. } => result.map_err(Error::from),
+            _ => unreachable!("wait_for returns the event it matched"),
+        }
+    }
+
+    /// Publishes a postcard-encoded value on `topic` and waits for the
+    /// server's acknowledgement: the number of subscriptions it reached.
+    pub fn publish<T: Serialize + ?Sized>(&mut self, topic: &str, value: &T) -> Result<u32, Error> {
+        self.publish_raw(topic, encode(value)?)
+    }
+
+    /// Publishes raw bytes and waits for the acknowledgement.
+    pub fn publish_raw(&mut self, topic: &str, payload: Bytes) -> Result<u32, Error> {
+        let topic = Text::from(topic.to_string());
+        let timeout = self.call_timeout;
+        let deadline = Instant::now() + timeout;
+        let id = self.issue(deadline, timeout, |conn, _| conn.publish(topic.clone(), payload.clone(), true))?;
+        let Some(id) = id else { unreachable!("an acknowledged publish has an id") };
+        let ev = self.wait_for(
+            Some(deadline),
+            "publish",
+            timeout,
+            |e| matches!(e, Event::PublishResult { id: p, .. } if *p == id),
+        )?;
+        match ev {
+            Event::PublishResult { result, .. } => result.map_err(Error::from),
+            _ => unreachable!("wait_for returns the event it matched"),
+        }
+    }
+
+    /// Publishes without waiting for an acknowledgement (returns once the
+    /// frame is written or queued).
+    pub fn publish_nowait(&mut self, topic: &str, payload: Bytes) -> Result<(), Error> {
+        let topic = Text::from(topic.to_string());
+        let timeout = self.call_timeout;
+        self.issue(Instant::now() + timeout, timeout, |conn, _| conn.publish(topic.clone(), payload.clone(), false))?;
+        self.flush()
+    }
+
+    /// Measures a round trip with PING/PONG.
+    pub fn ping(&mut self) -> Result<Duration, Error> {
+        let timeout = self.call_timeout;
+        let deadline = Instant::now() + timeout;
+        let id = self.issue(deadline, timeout, |conn, now| conn.ping(now))?;
+        let ev =
+            self.wait_for(Some(deadline), "ping", timeout, |e| matches!(e, Event::Pong { id: p, .. } if *p == id))?;
+        match ev {
+            Event::Pong { rtt, .. } => Ok(rtt),
+            _ => unreachable!("wait_for returns the event it matched"),
+        }
+    }
+
+    /// The next message, lag report or notification, waiting at most
+    /// `timeout` (`None`: as long as it takes). `Ok(None)`: the time ran
+    /// out. An ended connection is an error.
+    pub fn next_incoming(&mut self, timeout: Option<Duration>) -> Result<Option<Incoming>, Error> {
+        if let Some(item) = self.take_queued() {
+            return Ok(Some(item));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        match self.wait_for(deadline, "next message", timeout.unwrap_or_default(), is_incoming) {
+            Ok(ev) => {
+                self.absorb(ev);
+                Ok(self.take_queued())
+            }
+            Err(Error::TimedOut { what: "next message", .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Messages, lag reports and notifications as a blocking iterator; it
+    /// ends when the connection does (the reason is in
+    /// [`closed`](Self::closed)).
+    pub fn incoming(&mut self) -> Messages<'_> {
+        Messages { client: self }
+    }
+
+    /// Writes what is queued, waiting for the socket while it is full (at
+    /// most the call timeout).
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let timeout = self.call_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.conn.drive(Instant::now());
+            self.absorb_all();
+            if self.conn.core_ref().transmit_len() == 0 {
+                return Ok(());
+            }
+            if let Some(e) = &self.closed {
+                return Err(Error::ConnectionLost(e.clone()));
+            }
+            self.wait_io(Some(deadline), "flush", timeout)?;
+        }
+    }
+
+    /// Closes gracefully: GOODBYE with `reason`, waits (at most the call
+    /// timeout) for calls in flight and the server's answer, then closes
+    /// the socket.
+    pub fn close(mut self, reason: &str) -> Result<(), Error> {
+        self.conn.core().close(Code::OK, reason, None, Instant::now());
+        let timeout = self.call_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.conn.drive(Instant::now());
+            self.absorb_all();
+            if self.conn.is_finished() {
+                return Ok(());
+            }
+            self.wait_io(Some(deadline), "close", timeout)?;
+        }
+    }
+
+    /// Issues a command, waiting for room while the outbound queue is full.
+    fn issue<T>(
+        &mut self,
+        deadline: impl Into<Option<Instant>>,
+        timeout: Duration,
+        mut command: impl FnMut(&mut Connection, Instant) -> Result<T, SendError>,
+    ) -> Result<T, Error> {
+        let deadline = deadline.into();
+        loop {
+            match command(self.conn.core(), Instant::now()) {
+                Err(SendError::Blocked { .. }) => {
+                    self.wait_for(deadline, "room to send", timeout, |e| matches!(e, Event::Writable))?;
+                }
+                Err(SendError::Closed(e)) => return Err(Error::ConnectionLost(e)),
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    /// Drives the connection until an event `want` accepts arrives; every
+    /// other event is absorbed (queued, answered or recorded).
+    fn wait_for(
+        &mut self,
+        deadline: Option<Instant>,
+        what: &'static str,
+        after: Duration,
+        mut want: impl FnMut(&Event) -> bool,
+    ) -> Result<Event, Error> {
+        loop {
+            self.conn.drive(Instant::now());
+            while let Some(ev) = self.conn.poll_event() {
+                if want(&ev) {
+                    // What taking the event made possible (credit, a resumed
+                    // read) is written and read now, not at the next call.
+                    self.conn.drive(Instant::now());
+                    return Ok(ev);
+                }
+                self.absorb(ev);
+            }
+            if let Some(e) = &self.closed {
+                return Err(Error::ConnectionLost(e.clone()));
+            }
+            self.wait_io(deadline, what, after)?;
+        }
+    }
+
+    /// Sleeps in `mio::Poll::poll` until readiness, the connection's next
+    /// timer, or `deadline` (then [`Error::TimedOut`]).
+    fn wait_io(&mut self, deadline: Option<Instant>, what: &'static str, after: Duration) -> Result<(), Error> {
+        if self.conn.has_work() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let expired = deadline.is_some_and(|d| d <= now);
+        let wake = match (self.conn.deadline(now), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Even when the deadline has passed, collect what mio has to say
+        // (readiness is edge-triggered: an event not taken now is lost).
+        let wait = if expired { Some(Duration::ZERO) } else { wake.map(|t| t.saturating_duration_since(now)) };
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("poll on {}", self.endpoint), e)),
+        }
+        for event in self.events.iter() {
+            self.conn.ready(event);
+        }
+        if expired && !self.conn.has_work() {
+            return Err(Error::TimedOut { what, after });
+        }
+        Ok(())
+    }
+
+    fn absorb_all(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            self.absorb(ev);
+        }
+    }
+
+    /// Keeps what the application will ask for later; answers what it
+    /// cannot (this client serves no methods).
+    fn absorb(&mut self, ev: Event) {
+        match ev {
+            Event::Message { subscription, topic, payload } => {
+                self.push(Incoming::Message { subscription, topic, payload })
+            }
+            Event::Lagged { subscription, dropped } => *self.lag.entry(subscription).or_default() += dropped,
+            Event::Notification(n) => self.push(Incoming::Notification { method: n.method, payload: n.payload }),
+            Event::Request(call) => {
+                let msg = format!("this blocking client serves no methods (asked for {:?})", call.method.as_str());
+                let _ = self.conn.core().respond_error(call.id, Code::UNKNOWN_METHOD, &msg, Bytes::new());
+            }
+            Event::StreamData { id, payload } => {
+                // Data of a stream nobody reads through this client: return
+                // the credit so the stream is not wedged.
+                self.conn.core().stream_consumed(id, payload.len());
+            }
+            Event::GoodbyeReceived { code, message, reconnect_after } => {
+                tracing::debug!(endpoint = %self.endpoint, %code, "wharf: the server said goodbye");
+                self.goodbye = Some(Goodbye { code, message: message.to_string(), reconnect_after });
+            }
+            Event::Closed(e) => {
+                tracing::debug!(endpoint = %self.endpoint, error = %e, "wharf: connection closed");
+                self.closed = Some(e);
+            }
+            other => tracing::trace!(event = ?other, "wharf: event not waited for"),
+        }
+    }
+
+    fn push(&mut self, item: Incoming) {
+        if self.queue.len() >= self.max_queued {
+            // Drop the oldest message (not a notification if avoidable).
+            let at = self.queue.iter().position(|i| matches!(i, Incoming::Message { .. })).unwrap_or(0);
+            if let Some(Incoming::Message { subscription, .. }) = self.queue.remove(at) {
+                *self.lag.entry(subscription).or_default() += 1;
+            }
+        }
+        self.queue.push_back(item);
+    }
+
+    fn take_queued(&mut self) -> Option<Incoming> {
+        if let Some(&subscription) = self.lag.keys().next() {
+            let dropped = self.lag.remove(&subscription).unwrap_or_default();
+            return Some(Incoming::Lagged { subscription, dropped });
+        }
+        self.queue.pop_front()
+    }
+}
+
+/// The blocking iterator of [`Client::incoming`].
+#[derive(Debug)]
+pub struct Messages<'a> {
+    client: &'a mut Client,
+}
+
+impl Iterator for Messages<'_> {
+    type Item = Result<Incoming, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.client.next_incoming(None) {
+            Ok(Some(item)) => Some(Ok(item)),
+            Ok(None) => None,
+            Err(Error::ConnectionLost(_)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+fn is_incoming(e: &Event) -> bool {
+    matches!(e, Event::Message { .. } | Event::Lagged { .. } | Event::Notification(_))
+}
+
+/// Encodes with postcard, the wharf default codec.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Error> {
+    postcard::to_allocvec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Encode { what: std::any::type_name::<T>(), message: e.to_string() })
+}
+
+/// Decodes with postcard, the wharf default codec.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Decode { what: std::any::type_name::<T>(), message: e.to_string() })
+}

@@ -1,0 +1,625 @@
+//! [`Server`]: a listener, its connections and a pub/sub broker, driven from
+//! the application's own `mio::Poll`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Registry, Token};
+use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
+use wharf_core::{AuthReject, Code, Config, Connection, Event, RequestId, SendError, Text};
+use wharf_transport::{Endpoint, PeerIdentity};
+
+use crate::conn::Conn;
+use crate::error::Error;
+use crate::net::{BindOptions, Listener};
+
+/// How long accepting pauses after the OS refused to give us a descriptor
+/// (EMFILE and the like), instead of spinning on the listener.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the auth hook is told about a client asking to connect.
+#[derive(Debug)]
+pub struct AuthRequest<'a> {
+    /// The id this connection will have.
+    pub connection_id: u64,
+    /// The client's name from its HELLO.
+    pub client_name: &'a Text,
+    /// The client's authentication payload (opaque to wharf).
+    pub auth: &'a [u8],
+    /// Who connected, as the kernel reports it (never from the payload).
+    pub peer: &'a PeerIdentity,
+}
+
+type AuthHook = Box<dyn FnMut(&AuthRequest<'_>) -> Result<(), AuthReject>>;
+
+/// Settings of a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Protocol limits and timeouts of every connection.
+    pub config: Config,
+    /// The broker's limits and per-subscriber queues.
+    pub broker: BrokerConfig,
+    /// How the endpoint is bound.
+    pub bind: BindOptions,
+    /// Established connections beyond this are refused in the handshake
+    /// with `TOO_MANY_CONNECTIONS` and a retry hint. Default 10,000. The
+    /// token range given to [`Server::register`] bounds the connections
+    /// held (in handshake or established) too.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            config: Config::default(),
+            broker: BrokerConfig::default(),
+            bind: BindOptions::default(),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// An event of one of the server's connections.
+#[derive(Debug)]
+pub struct ServerEvent {
+    /// The token the connection is registered under.
+    pub token: Token,
+    /// The connection's id (the one sent to the client in WELCOME).
+    pub connection_id: u64,
+    /// What happened. Pub/sub frames (subscribe, unsubscribe, publish) and
+    /// the handshake are handled by the server itself and never appear;
+    /// `Closed` is the last event of a connection, after which its token
+    /// is free again.
+    pub event: Event,
+}
+
+struct Peer {
+    conn: Conn,
+    id: u64,
+    /// In the work queue.
+    queued: bool,
+    /// The timer this peer is filed under in `timers`.
+    timer: Option<Instant>,
+    /// The broker has deliveries for it.
+    deliveries: bool,
+    /// Its subscription policy says disconnect: abort it.
+    slow: bool,
+    /// Connected was seen and Closed not yet (counted in `established`).
+    connected: bool,
+}
+
+/// A wharf server driven by the application's `mio::Poll`: it owns the
+/// listener, every accepted connection and the pub/sub broker, answers the
+/// handshake (with an optional auth hook), subscriptions and publishes
+/// itself, and hands every other event (calls, notifications, responses to
+/// calls it made, stream data, closes) to the application with the token
+/// of its connection.
+///
+/// The application chooses the tokens: one for the listener and a range
+/// for connections, given to [`register`](Self::register). Its loop:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Instant;
+/// use mio::{Events, Poll, Token};
+/// use wharf_core::{Bytes, Event};
+/// use wharf_mio::{Server, ServerOptions};
+///
+/// let mut poll = Poll::new()?;
+/// let mut server = Server::bind(&"demo-loop".parse()?, ServerOptions::default())?;
+/// server.register(poll.registry(), Token(0), 1..10_001)?;
+/// let mut events = Events::with_capacity(256);
+/// loop {
+///     poll.poll(&mut events, server.timeout(Instant::now()))?;
+///     let now = Instant::now();
+///     for event in events.iter() {
+///         server.handle(event, now); // ignores tokens that are not its own
+///     }
+///     server.handle_timeout(now);
+///     while let Some(ev) = server.poll_event(now) {
+///         if let Event::Request(call) = ev.event {
+///             server.respond(ev.token, call.id, call.payload); // an echo
+///         }
+///     }
+/// }
+/// # }
+/// ```
+pub struct Server {
+    listener: Option<Listener>,
+    endpoint: Endpoint,
+    registry: Option<Registry>,
+    listener_token: Option<Token>,
+    tokens: Range<usize>,
+    next_unused: usize,
+    free: Vec<usize>,
+    config: Arc<Config>,
+    max_connections: usize,
+    broker: Broker,
+    peers: HashMap<Token, Peer>,
+    by_id: HashMap<u64, Token>,
+    work: VecDeque<Token>,
+    timers: BTreeSet<(Instant, Token)>,
+    next_id: u64,
+    established: usize,
+    auth: Option<AuthHook>,
+    stopping: Option<(String, Option<Duration>)>,
+    /// Accepting waits until then (the OS ran out of descriptors).
+    accept_paused: Option<Instant>,
+    /// The listener may have connections waiting that were not taken (a
+    /// pause, or no free token).
+    accept_pending: bool,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.endpoint)
+            .field("connections", &self.peers.len())
+            .field("stopping", &self.stopping.is_some())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds `endpoint` (see [`Listener::bind`] for what each transport
+    /// guarantees) with `options`, which are validated here.
+    pub fn bind(endpoint: &Endpoint, options: ServerOptions) -> Result<Server, Error> {
+        options.config.validate()?;
+        let broker = Broker::new(options.broker)?;
+        let listener = Listener::bind(endpoint, &options.bind)?;
+        // A TCP port of 0 becomes the port the OS chose.
+        let endpoint = match listener.local_addr() {
+            Some(addr) => Endpoint::Tcp(addr.to_string()),
+            None => endpoint.clone(),
+        };
+        Ok(Server {
+            listener: Some(listener),
+            endpoint,
+            registry: None,
+            listener_token: None,
+            tokens: 0..0,
+            next_unused: 0,
+            free: Vec::new(),
+            config: Arc::new(options.config),
+            max_connections: options.max_connections,
+            broker,
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            work: VecDeque::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            established: 0,
+            auth: None,
+            stopping: None,
+            accept_paused: None,
+            accept_pending: false,
+        })
+    }
+
+    /// The endpoint clients connect to (for TCP, with the port the OS
+    /// chose).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Sets the auth hook: it sees every client's HELLO (name, auth
+    /// payload) and the kernel's identity of the peer, and accepts or
+    /// rejects. Without one, every client is accepted.
+    pub fn set_auth(&mut self, hook: impl FnMut(&AuthRequest<'_>) -> Result<(), AuthReject> + 'static) {
+        self.auth = Some(Box::new(hook));
+    }
+
+    /// Registers the listener under `listener` and gives the server the
+    /// tokens `connections` for the connections it accepts (at most that
+    /// many are held at once; the rest wait in the listen backlog). The
+    /// registry is kept (cloned) to register and deregister connections.
+    pub fn register(&mut self, registry: &Registry, listener: Token, connections: Range<usize>) -> io::Result<()> {
+        if connections.contains(&listener.0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the listener token is inside the connection range",
+            ));
+        }
+        let registry = registry.try_clone()?;
+        if let Some(l) = self.listener.as_mut() {
+            l.register(&registry, listener)?;
+        }
+        self.registry = Some(registry);
+        self.listener_token = Some(listener);
+        self.next_unused = connections.start;
+        self.tokens = connections;
+        self.free.clear();
+        self.accept_pending = true;
+        Ok(())
+    }
+
+    /// Whether `token` is the server's (its listener or one of its
+    /// connection tokens).
+    pub fn owns(&self, token: Token) -> bool {
+        Some(token) == self.listener_token || self.tokens.contains(&token.0)
+    }
+
+    /// Hands the server a readiness event from `mio::Poll`. Events for
+    /// tokens that are not the server's are ignored.
+    pub fn handle(&mut self, event: &mio::event::Event, now: Instant) {
+        let token = event.token();
+        if Some(token) == self.listener_token {
+            self.accept_pending = true;
+            self.accept_all(now);
+        } else if let Some(peer) = self.peers.get_mut(&token) {
+            peer.conn.ready(event);
+            Self::enqueue(&mut self.work, token, peer);
+        }
+    }
+
+    /// Fires the timers due at `now` (call deadlines, keepalive, handshake
+    /// and close timeouts) and resumes accepting after a pause.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, token)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(peer) = self.peers.get_mut(&token) {
+                peer.timer = None;
+                Self::enqueue(&mut self.work, token, peer);
+            }
+        }
+        if self.accept_paused.is_some_and(|t| t <= now) {
+            self.accept_paused = None;
+            self.accept_all(now);
+        }
+    }
+
+    /// How long `mio::Poll::poll` may sleep: zero while work is pending,
+    /// else until the earliest timer; `None` when nothing is scheduled.
+    pub fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.work.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let timer = self.timers.first().map(|(t, _)| *t);
+        let next = match (timer, self.accept_paused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    /// The next event of any connection, after doing the I/O that is
+    /// possible without waiting (writing what commands queued, reading
+    /// what arrived). Connections take turns; one connection's events come
+    /// in order. `None`: nothing more until mio reports readiness or a
+    /// timer is due.
+    pub fn poll_event(&mut self, now: Instant) -> Option<ServerEvent> {
+        loop {
+            let token = *self.work.front()?;
+            let Some(peer) = self.peers.get_mut(&token) else {
+                self.work.pop_front();
+                continue;
+            };
+            if let Some(event) = peer.conn.poll_event() {
+                let id = peer.id;
+                if let Some(event) = self.intercept(token, id, event) {
+                    return Some(ServerEvent { token, connection_id: id, event });
+                }
+                continue;
+            }
+            // No events: flush, pull deliveries, read; then see whether the
+            // connection produced more.
+            let limit = self.config.max_outbound_buffered / 2;
+            if peer.slow && !peer.conn.core_ref().is_closed() {
+                peer.slow = false;
+                let msg = "subscriber too slow; disconnected by its subscription policy";
+                peer.conn.core().abort(Code::SLOW_CONSUMER, msg, now);
+            }
+            if peer.deliveries {
+                let pumped = self.broker.deliver_into(SubscriberId(peer.id), peer.conn.core(), limit);
+                peer.deliveries = !pumped.drained;
+            }
+            peer.conn.drive(now);
+            if peer.conn.core_ref().has_events() {
+                continue;
+            }
+            if peer.conn.is_finished() {
+                self.remove(token);
+                continue;
+            }
+            let more = peer.conn.has_work() || (peer.deliveries && peer.conn.core_ref().transmit_len() < limit);
+            self.work.pop_front();
+            if more {
+                // Fairness: a busy connection goes to the back of the line.
+                self.work.push_back(token);
+            } else {
+                peer.queued = false;
+            }
+            let next = peer.conn.core_ref().next_timer();
+            if next != peer.timer {
+                if let Some(old) = peer.timer.take() {
+                    self.timers.remove(&(old, token));
+                }
+                if let Some(t) = next {
+                    self.timers.insert((t, token));
+                }
+                peer.timer = next;
+            }
+        }
+    }
+
+    /// The connection registered under `token`, to issue commands on it
+    /// (respond, request, notify, stream, close, ...). It is driven (its
+    /// output written) by the next [`poll_event`](Self::poll_event).
+    pub fn connection(&mut self, token: Token) -> Option<&mut Connection> {
+        let peer = self.peers.get_mut(&token)?;
+        Self::enqueue(&mut self.work, token, peer);
+        Some(peer.conn.core())
+    }
+
+    /// The token of the connection with this id.
+    pub fn token_of(&self, connection_id: u64) -> Option<Token> {
+        self.by_id.get(&connection_id).copied()
+    }
+
+    /// Who is at the other end of `token`, as the kernel reported it.
+    pub fn peer(&self, token: Token) -> Option<&PeerIdentity> {
+        self.peers.get(&token).map(|p| p.conn.peer())
+    }
+
+    /// Answers call `id` on `token`'s connection. A connection that went
+    /// away, or a call that ended (cancelled, deadline passed) is not an
+    /// error here: the answer is dropped, as the caller is gone.
+    pub fn respond(&mut self, token: Token, id: RequestId, payload: Bytes) {
+        if let Some(conn) = self.connection(token)
+            && let Err(e) = conn.respond(id, payload)
+        {
+            tracing::debug!(error = %e, token = token.0, "wharf: response dropped");
+        }
+    }
+
+    /// Answers call `id` on `token`'s connection with an error.
+    pub fn respond_error(&mut self, token: Token, id: RequestId, code: Code, message: &str) {
+        if let Some(conn) = self.connection(token)
+            && let Err(e) = conn.respond_error(id, code, message, Bytes::new())
+        {
+            tracing::debug!(error = %e, token = token.0, "wharf: error response dropped");
+        }
+    }
+
+    /// Publishes `payload` on `topic` to every matching subscription of
+    /// every connection. Never waits: each subscriber has a bounded queue
+    /// and its subscription's slow-consumer policy.
+    pub fn publish(&mut self, topic: &str, payload: Bytes) -> PublishReport {
+        self.publish_text(&Text::from(topic.to_string()), &payload)
+    }
+
+    fn publish_text(&mut self, topic: &Text, payload: &Bytes) -> PublishReport {
+        let report = self.broker.publish(topic, payload);
+        while let Some(e) = self.broker.poll_event() {
+            let (sid, slow) = match e {
+                BrokerEvent::Ready(s) => (s, false),
+                BrokerEvent::Disconnect { subscriber, .. } => (subscriber, true),
+            };
+            if let Some(&token) = self.by_id.get(&sid.0)
+                && let Some(peer) = self.peers.get_mut(&token)
+            {
+                if slow {
+                    peer.slow = true;
+                } else {
+                    peer.deliveries = true;
+                }
+                Self::enqueue(&mut self.work, token, peer);
+            }
+        }
+        report
+    }
+
+    /// Messages queued for subscribers and not yet handed to their
+    /// connections: a publisher can pace itself on this.
+    pub fn backlog(&self) -> u64 {
+        self.broker.backlog()
+    }
+
+    /// The broker's counters.
+    pub fn broker_stats(&self) -> &BrokerStats {
+        self.broker.stats()
+    }
+
+    /// Connections held (in handshake, established or closing).
+    pub fn connection_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Tokens of the connections held.
+    pub fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Graceful shutdown: stop accepting (the listener is closed and, for a
+    /// Unix socket, its file removed), and send every connection a GOODBYE
+    /// with `SHUTTING_DOWN`, `reason` and the reconnect hint. Calls in
+    /// flight are still answered. Keep running the loop until
+    /// [`connection_count`](Self::connection_count) is 0.
+    pub fn shutdown(&mut self, reason: &str, reconnect_after: Option<Duration>, now: Instant) {
+        self.stopping = Some((reason.to_string(), reconnect_after));
+        if let Some(mut l) = self.listener.take()
+            && let Some(r) = &self.registry
+        {
+            let _ = l.deregister(r);
+        }
+        let tokens: Vec<Token> = self.peers.keys().copied().collect();
+        for token in tokens {
+            if let Some(conn) = self.connection(token) {
+                conn.close(Code::SHUTTING_DOWN, reason, reconnect_after, now);
+            }
+        }
+    }
+
+    fn enqueue(work: &mut VecDeque<Token>, token: Token, peer: &mut Peer) {
+        if !peer.queued {
+            peer.queued = true;
+            work.push_back(token);
+        }
+    }
+
+    /// Handles the events the server answers itself; returns the others.
+    fn intercept(&mut self, token: Token, id: u64, event: Event) -> Option<Event> {
+        match event {
+            Event::HandshakeRequest(req) => {
+                let verdict = if let Some((reason, hint)) = &self.stopping {
+                    Err(AuthReject { code: Code::SHUTTING_DOWN, reason: reason.clone(), retry_after: *hint })
+                } else if self.established >= self.max_connections {
+                    Err(AuthReject {
+                        code: Code::TOO_MANY_CONNECTIONS,
+                        reason: "the server has too many connections".into(),
+                        retry_after: Some(Duration::from_secs(1)),
+                    })
+                } else if let Some(hook) = self.auth.as_mut() {
+                    let peer = self.peers.get(&token).map(|p| *p.conn.peer()).unwrap_or_default();
+                    hook(&AuthRequest {
+                        connection_id: id,
+                        client_name: &req.client_name,
+                        auth: &req.auth,
+                        peer: &peer,
+                    })
+                } else {
+                    Ok(())
+                };
+                let conn = self.peers.get_mut(&token)?.conn.core();
+                let r = match verdict {
+                    Ok(()) => conn.accept(id),
+                    Err(rej) => {
+                        tracing::debug!(connection_id = id, code = %rej.code, "wharf: handshake rejected");
+                        conn.reject(rej.code, &rej.reason, rej.retry_after)
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::debug!(connection_id = id, error = %e, "wharf: handshake answer failed");
+                }
+                None
+            }
+            Event::Connected(c) => {
+                if let Some(peer) = self.peers.get_mut(&token) {
+                    peer.connected = true;
+                    self.established += 1;
+                }
+                Some(Event::Connected(c))
+            }
+            Event::Subscribe { id: sub, topic, prefix, policy } => {
+                let conn = self.peers.get_mut(&token)?.conn.core();
+                let _ = self.broker.subscribe_on(SubscriberId(id), conn, sub, topic, prefix, policy);
+                None
+            }
+            Event::Unsubscribe { id: sub } => {
+                self.broker.unsubscribe(SubscriberId(id), sub);
+                None
+            }
+            Event::Publish { ack, topic, payload } => {
+                let report = self.publish_text(&topic, &payload);
+                if let Some(ack) = ack
+                    && let Some(peer) = self.peers.get_mut(&token)
+                {
+                    match peer.conn.core().ack_publish(ack, Ok(report.queued)) {
+                        Ok(()) | Err(SendError::Closed(_)) => {}
+                        Err(e) => tracing::debug!(error = %e, "wharf: publish acknowledgement dropped"),
+                    }
+                }
+                None
+            }
+            Event::Closed(e) => {
+                self.broker.remove_subscriber(SubscriberId(id));
+                if let Some(peer) = self.peers.get_mut(&token)
+                    && std::mem::take(&mut peer.connected)
+                {
+                    self.established -= 1;
+                }
+                Some(Event::Closed(e))
+            }
+            other => Some(other),
+        }
+    }
+
+    fn remove(&mut self, token: Token) {
+        self.work.retain(|t| *t != token);
+        let Some(mut peer) = self.peers.remove(&token) else { return };
+        if let Some(t) = peer.timer {
+            self.timers.remove(&(t, token));
+        }
+        if peer.connected {
+            self.established -= 1;
+        }
+        self.broker.remove_subscriber(SubscriberId(peer.id));
+        self.by_id.remove(&peer.id);
+        if let Some(r) = &self.registry {
+            let _ = peer.conn.deregister(r);
+        }
+        self.free.push(token.0);
+        tracing::trace!(connection_id = peer.id, token = token.0, "wharf: connection removed");
+        if self.accept_pending {
+            self.accept_all(Instant::now());
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        if self.accept_paused.is_some() {
+            return;
+        }
+        let (Some(listener), Some(registry)) = (self.listener.as_mut(), self.registry.as_ref()) else { return };
+        loop {
+            let token = match self.free.pop() {
+                Some(t) => Token(t),
+                None if self.next_unused < self.tokens.end => {
+                    self.next_unused += 1;
+                    Token(self.next_unused - 1)
+                }
+                None => {
+                    tracing::debug!("wharf: every connection token is in use; accepting waits");
+                    return;
+                }
+            };
+            match listener.accept(registry, token) {
+                Ok(Some((stream, peer))) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let core = match Connection::server(self.config.clone(), now) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = %e, "wharf: invalid server config");
+                            self.free.push(token.0);
+                            return;
+                        }
+                    };
+                    self.broker.add_subscriber(SubscriberId(id));
+                    self.by_id.insert(id, token);
+                    let mut peer = Peer {
+                        conn: Conn::new(stream, core, peer),
+                        id,
+                        queued: false,
+                        timer: None,
+                        deliveries: false,
+                        slow: false,
+                        connected: false,
+                    };
+                    Self::enqueue(&mut self.work, token, &mut peer);
+                    self.peers.insert(token, peer);
+                    tracing::trace!(connection_id = id, token = token.0, "wharf: accepted");
+                }
+                Ok(None) => {
+                    self.free.push(token.0);
+                    self.accept_pending = false;
+                    return;
+                }
+                Err(e) => {
+                    // EMFILE and friends: pause instead of spinning on a
+                    // listener that stays ready.
+                    self.free.push(token.0);
+                    tracing::warn!(error = %e, endpoint = %self.endpoint, "wharf: accept failed; pausing accepts");
+                    self.accept_paused = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! The conformance cases of wharf-mio, over real Unix sockets, TCP and (on
+//! Windows, under Wine in CI) named pipes:
+//!
+//! - the blocking client against a server driven by a hand-written mio
+//!   loop (`wharf::mio::Server`, on a thread of its own);
+//! - the same blocking-client cases against a tokio server
+//!   (`wharf::tokio`), with the same methods;
+//! - tokio clients against the mio-loop server.
+//!
+//! Every case asserts outcomes (values, typed errors, codes), never speed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+use wharf::core::{Bytes, Code, ConnectionError, Event, RequestId, SlowConsumerPolicy, SubscribeOptions};
+use wharf::mio::{AuthReject, Client, Endpoint, Error, Incoming, Server, ServerOptions};
+
+// ---------------------------------------------------------------------------
+// Endpoints
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // Pipe: Windows only
+enum Transport {
+    Unix,
+    Tcp,
+    Pipe,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh endpoint.
+fn endpoint(transport: Transport, dir: &tempfile::TempDir) -> Endpoint {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    match transport {
+        Transport::Unix => Endpoint::unix(dir.path().join(format!("s{n}.sock"))),
+        Transport::Tcp => {
+            // A free port: bound and released (the tokio server does not
+            // report an OS-chosen port back).
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            Endpoint::tcp(l.local_addr().unwrap().to_string())
+        }
+        Transport::Pipe => Endpoint::pipe(&format!("wharf-mio-conf-{}-{n}", std::process::id())).unwrap(),
+    }
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("wharf-mio-").tempdir_in("/tmp").or_else(|_| tempfile::tempdir()).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// The mio-loop server
+// ---------------------------------------------------------------------------
+
+const LISTENER: Token = Token(0);
+const WAKE: Token = Token(1);
+
+enum Command {
+    Shutdown(&'static str, Option<Duration>),
+    /// Drop the server at once: every socket closes, nothing is answered.
+    Vanish,
+}
+
+/// What the mio-loop server saw.
+#[derive(Default)]
+struct Seen {
+    cancelled: AtomicUsize,
+    connected: AtomicUsize,
+    closed: AtomicUsize,
+    notifications: Mutex<Vec<String>>,
+}
+
+struct MioServer {
+    endpoint: Endpoint,
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    seen: Arc<Seen>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MioServer {
+    fn command(&self, c: Command) {
+        self.commands.send(c).unwrap();
+        self.waker.wake().unwrap();
+    }
+
+    /// Waits for the loop to end (after a shutdown drained every client).
+    fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the server loop panicked");
+        }
+    }
+}
+
+impl Drop for MioServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.commands.send(Command::Vanish);
+            let _ = self.waker.wake();
+            let _ = t.join();
+        }
+    }
+}
+
+fn mio_server(endpoint: Endpoint, options: ServerOptions, token: Option<&'static [u8]>) -> MioServer {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (commands, command_rx) = mpsc::channel();
+    let seen = Arc::new(Seen::default());
+    let seen2 = seen.clone();
+    let thread = std::thread::spawn(move || {
+        let mut poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+        let mut server = match Server::bind(&endpoint, options) {
+            Ok(s) => s,
+            Err(e) => {
+                ready_tx.send(Err(e.to_string())).unwrap();
+                return;
+            }
+        };
+        if let Some(token) = token {
+            server.set_auth(move |req| if req.auth == token { Ok(()) } else { Err(AuthReject::new("wrong token")) });
+        }
+        server.register(poll.registry(), LISTENER, 2..10_000).unwrap();
+        ready_tx.send(Ok((server.endpoint().clone(), waker))).unwrap();
+        serve(&mut poll, &mut server, &command_rx, &seen2);
+    });
+    let (endpoint, waker) = ready_rx.recv().unwrap().expect("the mio server binds");
+    MioServer { endpoint, commands, waker, seen, thread: Some(thread) }
+}
+
+/// The hand-written loop: the methods every case uses.
+fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command>, seen: &Seen) {
+    let mut events = Events::with_capacity(256);
+    let mut stopping = false;
+    // Calls answered later: (token, id, when).
+    let mut delayed: Vec<(Token, RequestId, Instant)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut timeout = server.timeout(now);
+        if let Some(at) = delayed.iter().map(|d| d.2).min() {
+            let t = at.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(t, |x| x.min(t)));
+        }
+        poll.poll(&mut events, timeout).unwrap();
+        let now = Instant::now();
+        for event in events.iter() {
+            if event.token() == WAKE {
+                while let Ok(c) = commands.try_recv() {
+                    match c {
+                        Command::Shutdown(reason, hint) => {
+                            stopping = true;
+                            server.shutdown(reason, hint, now);
+                        }
+                        Command::Vanish => return,
+                    }
+                }
+            } else {
+                server.handle(event, now);
+            }
+        }
+        server.handle_timeout(now);
+        delayed.retain(|&(token, id, at)| {
+            if at <= now {
+                server.respond(token, id, Bytes::from_static(b"late"));
+                false
+            } else {
+                true
+            }
+        });
+        while let Some(ev) = server.poll_event(now) {
+            let token = ev.token;
+            match ev.event {
+                Event::Request(call) => match call.method.as_str() {
+                    "echo" => server.respond(token, call.id, call.payload),
+                    "add" => {
+                        let (a, b): (i64, i64) = wharf::mio::decode(&call.payload).unwrap();
+                        server.respond(token, call.id, wharf::mio::encode(&(a + b)).unwrap());
+                    }
+                    "fail" => server.respond_error(token, call.id, Code::INVALID_REQUEST, "nope"),
+                    "hang" => {}
+                    "late" => delayed.push((token, call.id, now + Duration::from_millis(300))),
+                    "broadcast" => {
+                        // (topic, count): publish `count` numbered messages.
+                        let (topic, count): (String, u32) = wharf::mio::decode(&call.payload).unwrap();
+                        let mut reached = 0;
+                        for i in 0..count {
+                            reached += server.publish(&topic, wharf::mio::encode(&i).unwrap()).queued;
+                        }
+                        server.respond(token, call.id, wharf::mio::encode(&reached).unwrap());
+                    }
+                    "cancelled" => {
+                        let n = seen.cancelled.load(Ordering::SeqCst) as u64;
+                        server.respond(token, call.id, wharf::mio::encode(&n).unwrap());
+                    }
+                    other => {
+                        let msg = format!("no method {other:?}");
+                        server.respond_error(token, call.id, Code::UNKNOWN_METHOD, &msg);
+                    }
+                },
+                Event::Notification(n) => {
+                    seen.notifications.lock().unwrap().push(n.method.to_string());
+                    if n.method == "shout" {
+                        server.publish("shouts", n.payload);
+                    }
+                }
+                Event::CallCancelled { .. } => {
+                    seen.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                Event::Connected(_) => {
+                    seen.connected.fetch_add(1, Ordering::SeqCst);
+                }
+                Event::Closed(_) => {
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+        if stopping && server.connection_count() == 0 {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The same methods on a tokio server
+// ---------------------------------------------------------------------------
+
+struct TokioServer {
+    endpoint: Endpoint,
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<wharf::Server>,
+}
+
+impl TokioServer {
+    fn shutdown(&mut self, reason: &str, hint: Option<Duration>) {
+        let server = self.server.take().unwrap();
+        let reason = reason.to_string();
+        // Runs on the runtime's workers; the case goes on meanwhile.
+        self.runtime.as_ref().unwrap().spawn(async move { server.shutdown(&reason, hint).await });
+    }
+
+    fn vanish(&mut self) {
+        self.server.take();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for TokioServer {
+    fn drop(&mut self) {
+        self.vanish();
+    }
+}
+
+fn tokio_server(endpoint: Endpoint, token: Option<&'static [u8]>) -> TokioServer {
+    use wharf::{Context, Router};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let c2 = cancelled.clone();
+    let router = Router::new()
+        .raw("echo", |p: Bytes, _: Context| async move { Ok(p) })
+        .unary("add", |(a, b): (i64, i64), _: Context| async move { Ok::<_, wharf::Error>(a + b) })
+        .raw(
+            "fail",
+            |_: Bytes, _: Context| async move { Err::<Bytes, _>(wharf::Error::new(Code::INVALID_REQUEST, "nope")) },
+        )
+        .raw("hang", move |_: Bytes, _: Context| {
+            // A cancelled handler's future is dropped: count that.
+            let guard = CountOnDrop(c2.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok(Bytes::new())
+            }
+        })
+        .raw("late", |_: Bytes, _: Context| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Bytes::from_static(b"late"))
+        })
+        .unary("broadcast", |(topic, count): (String, u32), ctx: Context| async move {
+            let mut reached = 0;
+            for i in 0..count {
+                reached += ctx.publish(&topic, &i)?.queued;
+            }
+            Ok::<_, wharf::Error>(reached)
+        })
+        .unary("cancelled", move |(): (), _: Context| {
+            let n = cancelled.load(Ordering::SeqCst) as u64;
+            async move { Ok::<_, wharf::Error>(n) }
+        })
+        .notification("shout", |p: Vec<u8>, ctx: Context| async move {
+            let _ = ctx.publish_raw("shouts", Bytes::from(p));
+        });
+    let (server, endpoint) = runtime.block_on(async {
+        let mut b = wharf::tokio::server().router(router);
+        if let Some(token) = token {
+            b = b.auth(move |req: wharf::AuthRequest| async move {
+                if req.auth == token { Ok(()) } else { Err(AuthReject2::new("wrong token")) }
+            });
+        }
+        let server = b.bind(endpoint).await.expect("the tokio server binds");
+        let ep = server.endpoint().clone();
+        (server, ep)
+    });
+    TokioServer { endpoint, runtime: Some(runtime), server: Some(server) }
+}
+
+use wharf::AuthReject as AuthReject2;
+
+struct CountOnDrop(Arc<AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A server of either kind, as the blocking-client cases see it.
+enum AnyServer {
+    Mio(Option<MioServer>),
+    Tokio(TokioServer),
+}
+
+impl AnyServer {
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            AnyServer::Mio(s) => s.as_ref().unwrap().endpoint.clone(),
+            AnyServer::Tokio(s) => s.endpoint.clone(),
+        }
+    }
+
+    fn shutdown(&mut self, reason: &'static str, hint: Option<Duration>) {
+        match self {
+            AnyServer::Mio(s) => s.as_ref().unwrap().command(Command::Shutdown(reason, hint)),
+            AnyServer::Tokio(s) => s.shutdown(reason, hint),
+        }
+    }
+
+    fn vanish(&mut self) {
+        match self {
+            AnyServer::Mio(s) => drop(s.take()),
+            AnyServer::Tokio(s) => s.vanish(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Mio,
+    Tokio,
+}
+
+fn start(kind: Kind, endpoint: Endpoint, token: Option<&'static [u8]>) -> AnyServer {
+    match kind {
+        Kind::Mio => AnyServer::Mio(Some(mio_server(endpoint, ServerOptions::default(), token))),
+        Kind::Tokio => AnyServer::Tokio(tokio_server(endpoint, token)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Blocking-client cases
+// ---------------------------------------------------------------------------
+
+fn case_calls(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let mut c = Client::connect(&server.endpoint()).unwrap();
+    assert!(c.connected().unwrap().connection_id > 0);
+    assert_eq!(c.call_raw("echo", Bytes::from_static(b"hello")).unwrap(), Bytes::from_static(b"hello"));
+    let sum: i64 = c.call("add", &(2i64, 40i64)).unwrap();
+    assert_eq!(sum, 42);
+    // Many calls in a row on one connection, each with its own answer.
+    for i in 0..200u32 {
+        let p = Bytes::from(i.to_be_bytes().to_vec());
+        assert_eq!(c.call_raw("echo", p.clone()).unwrap(), p);
+    }
+    assert!(c.ping().unwrap() < Duration::from_secs(30));
+    c.close("done").unwrap();
+}
+
+fn case_errors(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let mut c = Client::connect(&server.endpoint()).unwrap();
+    match c.call_raw("fail", Bytes::new()) {
+        Err(Error::Remote { code, message, .. }) => {
+            assert_eq!(code, Code::INVALID_REQUEST);
+            assert_eq!(message, "nope");
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    match c.call_raw("no-such-method", Bytes::new()) {
+        Err(e @ Error::Remote { .. }) => assert_eq!(e.code(), Code::UNKNOWN_METHOD),
+        other => panic!("expected UNKNOWN_METHOD, got {other:?}"),
+    }
+    // A response that does not decode as the asked type is a typed error.
+    match c.call::<_, (u64, u64, u64)>("echo", &1u8) {
+        Err(Error::Decode { .. }) => {}
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    // The connection is still fine.
+    assert_eq!(c.call::<_, i64>("add", &(1i64, 1i64)).unwrap(), 2);
+}
+
+fn case_deadline(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let mut c = Client::connect(&server.endpoint()).unwrap();
+    match c.call_with_timeout::<_, ()>("hang", &(), Duration::from_millis(200)) {
+        Err(Error::TimedOut { what: "call", after }) => assert_eq!(after, Duration::from_millis(200)),
+        other => panic!("expected a time-out, got {other:?}"),
+    }
+    // The handler's side learns that the caller gave up (deadline passed).
+    let start = Instant::now();
+    loop {
+        let n: u64 = c.call("cancelled", &()).unwrap();
+        if n >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the server never saw the deadline pass");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A slow answer within the deadline arrives.
+    let late = c.call_raw("late", Bytes::new()).unwrap();
+    assert_eq!(late, Bytes::from_static(b"late"));
+}
+
+fn case_pubsub(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let ep = server.endpoint();
+    let mut exact = Client::connect(&ep).unwrap();
+    let mut prefix = Client::connect(&ep).unwrap();
+    let mut publisher = Client::connect(&ep).unwrap();
+    let s1 = exact.subscribe("news/weather").unwrap();
+    let s2 = prefix.subscribe_prefix("news/").unwrap();
+    // A client's publish reaches both; the acknowledgement counts them.
+    assert_eq!(publisher.publish("news/weather", &"rain").unwrap(), 2);
+    assert_eq!(publisher.publish("news/sport", &"2-1").unwrap(), 1);
+    assert_eq!(publisher.publish("other", &"x").unwrap(), 0);
+    let got = exact.next_incoming(Some(Duration::from_secs(10))).unwrap().unwrap();
+    match &got {
+        Incoming::Message { subscription, topic, .. } => {
+            assert_eq!(*subscription, s1);
+            assert_eq!(topic, "news/weather");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got.decode::<String>().unwrap(), "rain");
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        match prefix.next_incoming(Some(Duration::from_secs(10))).unwrap().unwrap() {
+            Incoming::Message { subscription, topic, .. } => {
+                assert_eq!(subscription, s2);
+                topics.push(topic.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(topics, ["news/weather", "news/sport"]);
+    // Nothing else is there.
+    assert_eq!(exact.next_incoming(Some(Duration::from_millis(100))).unwrap(), None);
+    // Publishing from the server side (a handler), read as an iterator.
+    let reached: u32 = publisher.call("broadcast", &("news/weather", 5u32)).unwrap();
+    assert_eq!(reached, 10);
+    let numbers: Vec<u32> = exact.incoming().take(5).map(|m| m.unwrap().decode::<u32>().unwrap()).collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4]);
+    // Unsubscribed: no more messages.
+    exact.unsubscribe(s1).unwrap();
+    assert_eq!(publisher.publish("news/weather", &"sun").unwrap(), 1);
+    assert_eq!(exact.next_incoming(Some(Duration::from_millis(100))).unwrap(), None);
+}
+
+fn case_notify(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let ep = server.endpoint();
+    let mut listener = Client::connect(&ep).unwrap();
+    listener.subscribe("shouts").unwrap();
+    let mut talker = Client::connect(&ep).unwrap();
+    talker.notify("shout", &b"hey".to_vec()).unwrap();
+    match listener.next_incoming(Some(Duration::from_secs(10))).unwrap().unwrap() {
+        Incoming::Message { topic, payload, .. } => {
+            assert_eq!(topic, "shouts");
+            // The mio server republishes the raw payload; the tokio one
+            // decodes a Vec<u8> and republishes its bytes.
+            assert!(payload.ends_with(b"hey"), "{payload:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn case_local_queue_lag(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let mut c = Client::builder().max_queued(4).connect(&server.endpoint()).unwrap();
+    let sub = c.subscribe("burst").unwrap();
+    let reached: u32 = c.call("broadcast", &("burst", 10u32)).unwrap();
+    assert_eq!(reached, 10);
+    // A second call: everything published before its answer has arrived.
+    assert_eq!(c.call::<_, i64>("add", &(1i64, 2i64)).unwrap(), 3);
+    match c.next_incoming(Some(Duration::from_secs(5))).unwrap().unwrap() {
+        Incoming::Lagged { subscription, dropped } => {
+            assert_eq!(subscription, sub);
+            assert_eq!(dropped, 6);
+        }
+        other => panic!("expected the local lag report first, got {other:?}"),
+    }
+    let rest: Vec<u32> = (0..4)
+        .map(|_| c.next_incoming(Some(Duration::from_secs(5))).unwrap().unwrap().decode::<u32>().unwrap())
+        .collect();
+    assert_eq!(rest, [6, 7, 8, 9]);
+}
+
+fn case_large_payload(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let mut c = Client::connect(&server.endpoint()).unwrap();
+    let big: Bytes = (0..(1 << 20) + 17).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    for _ in 0..3 {
+        assert_eq!(c.call_raw("echo", big.clone()).unwrap(), big);
+    }
+    // Over the peer's frame limit: refused locally, with the limit named.
+    let huge = Bytes::from(vec![0u8; 17 * 1024 * 1024]);
+    match c.call_raw("echo", huge) {
+        Err(e @ Error::Send(_)) => assert_eq!(e.code(), Code::TOO_LARGE),
+        other => panic!("expected TOO_LARGE, got {other:?}"),
+    }
+}
+
+fn case_many_clients(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), None);
+    let ep = server.endpoint();
+    let threads: Vec<_> = (0..8i64)
+        .map(|k| {
+            let ep = ep.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&ep).unwrap();
+                for i in 0..100i64 {
+                    assert_eq!(c.call::<_, i64>("add", &(k, i)).unwrap(), k + i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn case_auth(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let server = start(kind, endpoint(t, &dir), Some(b"let-me-in"));
+    let ep = server.endpoint();
+    match Client::builder().auth(&b"guess"[..]).connect(&ep) {
+        Err(Error::ConnectionLost(ConnectionError::Rejected { code, reason: message, .. })) => {
+            assert_eq!(code, Code::AUTH_FAILED);
+            assert!(message.contains("wrong token"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let mut ok = Client::builder().auth(&b"let-me-in"[..]).connect(&ep).unwrap();
+    assert_eq!(ok.call::<_, i64>("add", &(20i64, 22i64)).unwrap(), 42);
+}
+
+fn case_graceful_shutdown(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let mut server = start(kind, endpoint(t, &dir), None);
+    let mut c = Client::connect(&server.endpoint()).unwrap();
+    assert_eq!(c.call::<_, i64>("add", &(1i64, 1i64)).unwrap(), 2);
+    server.shutdown("maintenance", Some(Duration::from_secs(2)));
+    // Whatever is asked from now on is refused as SHUTTING_DOWN or finds
+    // the connection closed; the goodbye carries the reconnect hint.
+    let start = Instant::now();
+    let err = loop {
+        match c.call_raw("echo", Bytes::from_static(b"x")) {
+            Ok(_) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "the server never said goodbye");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        Error::Remote { code, .. } => assert_eq!(*code, Code::SHUTTING_DOWN),
+        Error::Send(_) | Error::ConnectionLost(_) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let bye = c.goodbye().expect("the goodbye was received");
+    assert_eq!(bye.code, Code::SHUTTING_DOWN);
+    assert_eq!(bye.reconnect_after, Some(Duration::from_secs(2)));
+    drop(c);
+    if let AnyServer::Mio(s) = &mut server {
+        // The loop ends once its last connection has gone.
+        s.take().unwrap().join();
+    }
+}
+
+fn case_server_vanishes(kind: Kind, t: Transport) {
+    let dir = tmp();
+    let mut server = start(kind, endpoint(t, &dir), None);
+    let ep = server.endpoint();
+    let mut c = Client::builder().call_timeout(Duration::from_secs(60)).connect(&ep).unwrap();
+    assert_eq!(c.call::<_, i64>("add", &(1i64, 1i64)).unwrap(), 2);
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        server.vanish();
+    });
+    // A call in flight when the server goes fails with a typed error long
+    // before its 60 s deadline.
+    match c.call_raw("hang", Bytes::new()) {
+        Err(Error::ConnectionLost(_)) => {}
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
+    stopper.join().unwrap();
+    assert!(c.closed().is_some());
+    // Later calls fail at once, with the same kind of error.
+    assert!(matches!(c.call_raw("echo", Bytes::new()), Err(Error::ConnectionLost(_))));
+}
+
+fn case_connect_errors(t: Transport) {
+    let dir = tmp();
+    let ep = match t {
+        Transport::Tcp => {
+            // A port nobody listens on: bind one, then free it.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            drop(l);
+            Endpoint::tcp(a.to_string())
+        }
+        _ => endpoint(t, &dir),
+    };
+    match Client::builder().connect_timeout(Duration::from_secs(2)).connect(&ep) {
+        Err(Error::Transport(e)) => {
+            assert!(matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused), "{e:?}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// tokio clients against the mio-loop server
+// ---------------------------------------------------------------------------
+
+fn case_tokio_client_on_mio_server(t: Transport) {
+    let dir = tmp();
+    let server = mio_server(endpoint(t, &dir), ServerOptions::default(), None);
+    let ep = server.endpoint.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = wharf::tokio::connect(ep.clone()).await.unwrap();
+        let sum: i64 = client.call("add", &(2i64, 40i64)).await.unwrap();
+        assert_eq!(sum, 42);
+        let e = client.call::<_, ()>("fail", &()).await.unwrap_err();
+        assert_eq!(e.code(), Code::INVALID_REQUEST);
+        // 64 calls in flight at once on one connection.
+        let calls = (0..64i64).map(|i| {
+            let c = client.clone();
+            async move { c.call::<_, i64>("add", &(i, 1i64)).await.unwrap() }
+        });
+        let got = futures_util::future::join_all(calls).await;
+        assert_eq!(got, (1..=64).collect::<Vec<i64>>());
+        // Pub/sub through the mio server's broker.
+        let mut sub = client.subscribe::<u32>("ticks").await.unwrap();
+        let reached: u32 = client.call("broadcast", &("ticks", 3u32)).await.unwrap();
+        assert_eq!(reached, 3);
+        for want in 0..3u32 {
+            match sub.next().await.unwrap().unwrap() {
+                wharf::SubscriptionEvent::Message { value, .. } => assert_eq!(value, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        client.close("done").await;
+    });
+    assert!(server.seen.connected.load(Ordering::SeqCst) >= 1);
+}
+
+fn case_slow_subscriber_disconnected(t: Transport) {
+    // A subscriber with the disconnect policy that never reads is cut off;
+    // a healthy subscriber keeps getting everything.
+    let dir = tmp();
+    let options = ServerOptions {
+        broker: wharf::core::broker::BrokerConfig { queue_messages: 16, ..Default::default() },
+        ..Default::default()
+    };
+    let server = mio_server(endpoint(t, &dir), options, None);
+    let ep = server.endpoint.clone();
+    let mut slow = Client::connect(&ep).unwrap();
+    slow.subscribe_with("firehose", SubscribeOptions { prefix: false, policy: SlowConsumerPolicy::Disconnect })
+        .unwrap();
+    let mut healthy = Client::builder().max_queued(100_000).connect(&ep).unwrap();
+    healthy.subscribe("firehose").unwrap();
+    let mut publisher = Client::connect(&ep).unwrap();
+    let payload = Bytes::from(vec![7u8; 4096]);
+    let mut received = 0u64;
+    for _ in 0..4000 {
+        // Acknowledged: one publish at a time, so the healthy subscriber's
+        // queue only ever holds what it has not read yet.
+        publisher.publish_raw("firehose", payload.clone()).unwrap();
+        while let Some(m) = healthy.next_incoming(Some(Duration::ZERO)).unwrap() {
+            assert!(matches!(m, Incoming::Message { .. }), "{m:?}");
+            received += 1;
+        }
+    }
+    while received < 4000 {
+        match healthy.next_incoming(Some(Duration::from_secs(10))).unwrap() {
+            Some(Incoming::Message { .. }) => received += 1,
+            other => panic!("the healthy subscriber lost messages: {other:?} after {received}"),
+        }
+    }
+    // The slow one was disconnected by the server (it aborts with
+    // SLOW_CONSUMER; the client, whose socket is full of unread messages,
+    // sees its connection end as a reset or as that code).
+    match slow.call_raw("echo", Bytes::new()) {
+        Err(Error::ConnectionLost(_)) => {}
+        Ok(_) => panic!("the slow subscriber was not disconnected"),
+        Err(other) => panic!("unexpected {other:?}"),
+    }
+    assert!(server.seen.closed.load(Ordering::SeqCst) >= 1, "the server did not close the slow subscriber");
+}
+
+/// One module per case, with the case on the mio-loop server and on the
+/// tokio server.
+macro_rules! both {
+    ($transport:ident, $cfg:meta, $($name:ident),*) => {
+        $(
+            mod $name {
+                use super::*;
+                #[$cfg]
+                #[test]
+                fn mio_server() {
+                    super::super::$name(Kind::Mio, Transport::$transport);
+                }
+                #[$cfg]
+                #[test]
+                fn tokio_server() {
+                    super::super::$name(Kind::Tokio, Transport::$transport);
+                }
+            }
+        )*
+    };
+}
+
+macro_rules! cases {
+    ($transport:ident, $cfg:meta) => {
+        #[$cfg]
+        #[allow(non_snake_case)]
+        mod $transport {
+            use super::*;
+
+            both!(
+                $transport,
+                $cfg,
+                case_calls,
+                case_errors,
+                case_deadline,
+                case_pubsub,
+                case_notify,
+                case_local_queue_lag,
+                case_large_payload,
+                case_many_clients,
+                case_auth,
+                case_graceful_shutdown,
+                case_server_vanishes
+            );
+
+            #[$cfg]
+            #[test]
+            fn connect_errors() {
+                case_connect_errors(Transport::$transport);
+            }
+
+            #[$cfg]
+            #[test]
+            fn tokio_client_on_mio_server() {
+                case_tokio_client_on_mio_server(Transport::$transport);
+            }
+
+            #[$cfg]
+            #[test]
+            fn slow_subscriber_disconnected() {
+                case_slow_subscriber_disconnected(Transport::$transport);
+            }
+        }
+    };
+}
+
+cases!(Unix, cfg(unix));
+cases!(Tcp, cfg(any(unix, windows)));
+cases!(Pipe, cfg(windows));
