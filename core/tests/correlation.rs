@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Pair, config};
-use wharf_core::wire::{ErrorBody, Frame, FrameType, Goodbye, Hello, NO_HINT, Notify, PREAMBLE, Request, Welcome};
+use support::{Pair, Solo, config, decode_all, encode, frames_of, hello_of, welcome_of};
+use wharf_core::wire::{ErrorBody, Frame, FrameType, Goodbye, NO_HINT, Notify, PREAMBLE, Request};
 use wharf_core::{
-    Bytes, CallError, CallKind, CallOptions, CancelReason, Code, Config, Connection, ConnectionError, Event, Metadata,
+    Bytes, CallError, CallKind, CallOptions, CancelReason, Code, Connection, ConnectionError, Event, Metadata,
     ProtocolError, RequestId, SendError, Text, Timeout,
 };
 
@@ -44,33 +44,6 @@ impl Rng {
     }
 }
 
-fn encode(frames: &[Frame]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for f in frames {
-        v.extend_from_slice(&f.to_bytes().expect("encodable"));
-    }
-    v
-}
-
-fn decode_all(bytes: &[u8]) -> Vec<Frame> {
-    let mut buf = Bytes::copy_from_slice(bytes);
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        match Frame::decode_one(&mut buf, u32::MAX) {
-            Ok(Some(f)) => out.push(f),
-            Ok(None) => panic!("a partial frame trails the stream"),
-            Err(e) => panic!("undecodable frame: {e}"),
-        }
-    }
-    out
-}
-
-/// Frames written by a side of a [`Pair`] after the preamble.
-fn frames_of(wrote: &[u8]) -> Vec<Frame> {
-    assert_eq!(wrote[..PREAMBLE.len()], PREAMBLE);
-    decode_all(&wrote[PREAMBLE.len()..])
-}
-
 fn req(id: u64, method: &'static str, payload: &'static [u8]) -> Frame {
     Frame::Request(Request {
         id,
@@ -89,108 +62,6 @@ fn resp(id: u64, payload: &'static [u8]) -> Frame {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn hello_of(c: &Config) -> Frame {
-    Frame::Hello(Hello {
-        min_version: 1,
-        max_version: 1,
-        max_frame_size: c.max_frame_size,
-        max_in_flight: c.max_in_flight,
-        max_streams: c.max_streams,
-        initial_stream_window: c.initial_stream_window,
-        keepalive_ms: 0,
-        client_name: c.name.clone(),
-        auth: Bytes::new(),
-    })
-}
-
-fn welcome_of(c: &Config) -> Frame {
-    Frame::Welcome(Welcome {
-        connection_id: 7,
-        version: 1,
-        max_frame_size: c.max_frame_size,
-        max_in_flight: c.max_in_flight,
-        max_streams: c.max_streams,
-        max_subscriptions: c.max_subscriptions,
-        initial_stream_window: c.initial_stream_window,
-        keepalive_ms: 0,
-        server_name: c.name.clone(),
-    })
-}
-
-/// One connection with the peer played by hand-built frames.
-struct Solo {
-    conn: Connection,
-    now: Instant,
-    events: Vec<Event>,
-    wrote: Vec<u8>,
-    /// How much of `wrote` [`sent`](Self::sent) has returned.
-    read: usize,
-}
-
-impl Solo {
-    /// An established server whose client is played by hand.
-    fn server(cfg: Config) -> Solo {
-        let now = Instant::now();
-        let mut s =
-            Solo { conn: Connection::server(Arc::new(cfg), now).unwrap(), now, events: vec![], wrote: vec![], read: 8 };
-        let mut input = PREAMBLE.to_vec();
-        input.extend(encode(&[hello_of(&config())]));
-        s.conn.handle_input(&input, now);
-        s.pump();
-        assert!(matches!(s.take().as_slice(), [Event::HandshakeRequest(_)]));
-        s.conn.accept(7).unwrap();
-        s.pump();
-        assert!(matches!(s.take().as_slice(), [Event::Connected(_)]));
-        assert_eq!(s.wrote[..8], PREAMBLE);
-        assert!(matches!(s.sent().as_slice(), [Frame::Welcome(_)]));
-        s
-    }
-
-    /// An established client whose server is played by hand.
-    fn client(cfg: Config) -> Solo {
-        let now = Instant::now();
-        let mut s = Solo {
-            conn: Connection::client(Arc::new(cfg), Bytes::new(), now).unwrap(),
-            now,
-            events: vec![],
-            wrote: vec![],
-            read: 8,
-        };
-        let mut input = PREAMBLE.to_vec();
-        input.extend(encode(&[welcome_of(&config())]));
-        s.conn.handle_input(&input, now);
-        s.pump();
-        assert!(matches!(s.take().as_slice(), [Event::Connected(_)]));
-        assert!(matches!(s.sent().as_slice(), [Frame::Hello(_)]));
-        s
-    }
-
-    fn pump(&mut self) {
-        while let Some(chunk) = self.conn.poll_transmit(self.now) {
-            self.wrote.extend_from_slice(&chunk);
-        }
-        while let Some(e) = self.conn.poll_event() {
-            self.events.push(e);
-        }
-    }
-
-    fn feed(&mut self, frames: &[Frame]) {
-        self.conn.handle_input(&encode(frames), self.now);
-        self.pump();
-    }
-
-    fn take(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
-    }
-
-    /// Frames written since the last call.
-    fn sent(&mut self) -> Vec<Frame> {
-        let frames = decode_all(&self.wrote[self.read..]);
-        self.read = self.wrote.len();
-        frames
-    }
 }
 
 /// Asserts that the connection ended (last event) with a protocol error

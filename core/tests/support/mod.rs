@@ -12,6 +12,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wharf_core::wire::{Frame, HEADER_LEN, Hello, PREAMBLE, Welcome};
 use wharf_core::{Bytes, Config, Connection, Event};
 
 /// How bytes move between the two sides.
@@ -252,4 +253,202 @@ pub fn find<T>(events: &[Event], f: impl Fn(&Event) -> Option<T>) -> Vec<T> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ----------------------------------------------------------------------
+// One connection whose peer is played by hand-built bytes
+// ----------------------------------------------------------------------
+
+/// Encodes well-formed frames back to back.
+pub fn encode(frames: &[Frame]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for f in frames {
+        v.extend_from_slice(&f.to_bytes().expect("encodable"));
+    }
+    v
+}
+
+/// Decodes a stream of whole frames; panics on anything else.
+pub fn decode_all(bytes: &[u8]) -> Vec<Frame> {
+    let mut buf = Bytes::copy_from_slice(bytes);
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        match Frame::decode_one(&mut buf, u32::MAX) {
+            Ok(Some(f)) => out.push(f),
+            Ok(None) => panic!("a partial frame trails the stream"),
+            Err(e) => panic!("undecodable frame: {e}"),
+        }
+    }
+    out
+}
+
+/// Frames written by a side of a [`Pair`] after the preamble.
+pub fn frames_of(wrote: &[u8]) -> Vec<Frame> {
+    assert_eq!(wrote[..PREAMBLE.len()], PREAMBLE);
+    decode_all(&wrote[PREAMBLE.len()..])
+}
+
+/// A raw 16-byte frame header, any field any value (PROTOCOL.md 5):
+/// `len` u32, `type` u8, `flags` u8, `reserved` u16, `id` u64, little-endian.
+pub fn raw_header(len: u32, ty: u8, flags: u8, reserved: u16, id: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4] = ty;
+    h[5] = flags;
+    h[6..8].copy_from_slice(&reserved.to_le_bytes());
+    h[8..16].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
+/// A raw frame: a header whose `len` is the body's length, then the body.
+pub fn raw_frame(ty: u8, flags: u8, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = raw_header(u32::try_from(body.len()).expect("body fits u32"), ty, flags, 0, id).to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// A str16 field: u16 byte count, then the bytes (which need not be valid).
+pub fn str16(s: &[u8]) -> Vec<u8> {
+    let mut v = u16::try_from(s.len()).expect("fits u16").to_le_bytes().to_vec();
+    v.extend_from_slice(s);
+    v
+}
+
+/// The HELLO a default client would send for `c`, without keepalive wish.
+pub fn hello_of(c: &Config) -> Frame {
+    Frame::Hello(Hello {
+        min_version: 1,
+        max_version: 1,
+        max_frame_size: c.max_frame_size,
+        max_in_flight: c.max_in_flight,
+        max_streams: c.max_streams,
+        initial_stream_window: c.initial_stream_window,
+        keepalive_ms: 0,
+        client_name: c.name.clone(),
+        auth: Bytes::new(),
+    })
+}
+
+/// The WELCOME a server with config `c` would send (connection id 7).
+pub fn welcome_of(c: &Config) -> Frame {
+    Frame::Welcome(Welcome {
+        connection_id: 7,
+        version: 1,
+        max_frame_size: c.max_frame_size,
+        max_in_flight: c.max_in_flight,
+        max_streams: c.max_streams,
+        max_subscriptions: c.max_subscriptions,
+        initial_stream_window: c.initial_stream_window,
+        keepalive_ms: 0,
+        server_name: c.name.clone(),
+    })
+}
+
+/// One connection with the peer played by hand-built frames, on virtual
+/// time. Events are collected; everything written is kept in `wrote`.
+pub struct Solo {
+    pub conn: Connection,
+    pub now: Instant,
+    pub events: Vec<Event>,
+    pub wrote: Vec<u8>,
+    /// How much of `wrote` [`sent`](Self::sent) has returned.
+    pub read: usize,
+}
+
+impl Solo {
+    /// A fresh server that has received nothing yet.
+    pub fn fresh_server(cfg: Config) -> Solo {
+        let now = Instant::now();
+        Solo { conn: Connection::server(Arc::new(cfg), now).unwrap(), now, events: vec![], wrote: vec![], read: 0 }
+    }
+
+    /// A fresh client; its preamble and HELLO are written out (and
+    /// skipped by [`sent`](Self::sent)).
+    pub fn fresh_client(cfg: Config) -> Solo {
+        let now = Instant::now();
+        let mut s = Solo {
+            conn: Connection::client(Arc::new(cfg), Bytes::new(), now).unwrap(),
+            now,
+            events: vec![],
+            wrote: vec![],
+            read: 8,
+        };
+        s.pump();
+        assert!(matches!(s.sent().as_slice(), [Frame::Hello(_)]));
+        s
+    }
+
+    /// An established server whose client is played by hand.
+    pub fn server(cfg: Config) -> Solo {
+        let mut s = Solo::fresh_server(cfg);
+        let mut input = PREAMBLE.to_vec();
+        input.extend(encode(&[hello_of(&config())]));
+        s.conn.handle_input(&input, s.now);
+        s.pump();
+        assert!(matches!(s.take().as_slice(), [Event::HandshakeRequest(_)]));
+        s.conn.accept(7).unwrap();
+        s.pump();
+        assert!(matches!(s.take().as_slice(), [Event::Connected(_)]));
+        assert_eq!(s.wrote[..8], PREAMBLE);
+        s.read = 8;
+        assert!(matches!(s.sent().as_slice(), [Frame::Welcome(_)]));
+        s
+    }
+
+    /// An established client whose server is played by hand.
+    pub fn client(cfg: Config) -> Solo {
+        let mut s = Solo::fresh_client(cfg);
+        let mut input = PREAMBLE.to_vec();
+        input.extend(encode(&[welcome_of(&config())]));
+        s.conn.handle_input(&input, s.now);
+        s.pump();
+        assert!(matches!(s.take().as_slice(), [Event::Connected(_)]));
+        s
+    }
+
+    /// Collects what the connection wrote and the events it emitted.
+    pub fn pump(&mut self) {
+        while let Some(chunk) = self.conn.poll_transmit(self.now) {
+            self.wrote.extend_from_slice(&chunk);
+        }
+        while let Some(e) = self.conn.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Feeds well-formed frames in one read.
+    pub fn feed(&mut self, frames: &[Frame]) {
+        self.conn.handle_input(&encode(frames), self.now);
+        self.pump();
+    }
+
+    /// Feeds raw bytes in one read.
+    pub fn feed_raw(&mut self, bytes: &[u8]) {
+        self.conn.handle_input(bytes, self.now);
+        self.pump();
+    }
+
+    /// The peer's byte stream ends.
+    pub fn eof(&mut self) {
+        self.conn.handle_eof(self.now);
+        self.pump();
+    }
+
+    /// Moves the clock by `d` and fires the timers due.
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.conn.handle_timeout(self.now);
+        self.pump();
+    }
+
+    pub fn take(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Frames written since the last call.
+    pub fn sent(&mut self) -> Vec<Frame> {
+        let frames = decode_all(&self.wrote[self.read..]);
+        self.read = self.wrote.len();
+        frames
+    }
 }

@@ -1,0 +1,919 @@
+//! Hostile input: one test per malformed-input case of
+//! `reliability-security.md` §2, at the sans-IO level.
+//!
+//! Every test builds the hostile bytes by hand from `PROTOCOL.md` (the raw
+//! builders in `support`: `raw_header`, `raw_frame`, `str16`), feeds them to
+//! a lone `Connection` (`support::Solo`) or a connected pair
+//! (`support::Pair`) with `handle_input` / `handle_eof` / `handle_timeout` /
+//! `handle_transport_error` on virtual time, and asserts the outcome exactly:
+//!
+//! - **D**: the connection ends with the specific `ProtocolError` (or
+//!   `ConnectionError`) variant, no event is dispatched for the bad frame,
+//!   and the transmit queue holds exactly one GOODBYE `PROTOCOL_ERROR` with
+//!   no reconnect hint when the handshake had completed, nothing at all
+//!   before it (PROTOCOL.md 1, 14);
+//! - **E**: an ERROR / ACK with the right `Code` on the same id, and a
+//!   following good call still completes;
+//! - **I**: nothing is sent or dispatched, and the named `stats()` counter
+//!   moves;
+//! - **B**: `wants_read()` turns false or a command returns
+//!   `SendError::Blocked`.
+//!
+//! Every test also checks that the per-connection state returns to zero
+//! (`calls_in_flight`, `calls_being_served`, `subscription_count`,
+//! `inbound_buffered`), and the length-prefix cases (5, 6, 7) measure the
+//! largest single heap allocation made while the hostile bytes are handled,
+//! with the counting global allocator below.
+//!
+//! Where the reference leaves a choice, PROTOCOL.md's rule is asserted and
+//! the test says so (cases 9, 12, 24, 25, 29, 32).
+//!
+//! Not covered here, and why:
+//!
+//! - **36** (SCM_RIGHTS, `MSG_CTRUNC`): not applicable. wharf never
+//!   negotiates fd passing, and the core only ever sees bytes; ancillary
+//!   data is a matter for the Unix-socket adapter, which reads with plain
+//!   `read`/`recv` (no `recvmsg` with a control buffer), so received fds are
+//!   never accepted by the process in the first place.
+//! - The real-socket halves of **34** (a kernel that accepts one byte per
+//!   `write`, `EINTR`, `WouldBlock`), **35** (`ECONNRESET` / `EPIPE` raised
+//!   by a real socket, `shutdown(WR)`) and **37** (a peer whose socket
+//!   buffer fills up): the adapters' conformance and fault tests. Here the
+//!   same situations are injected through the sans-IO boundary: partial and
+//!   zero-progress `advance_transmit`, empty reads, `handle_transport_error`,
+//!   `handle_eof` while responses are pending, and a driver that never
+//!   collects what the connection writes.
+//! - Case 14 is also covered exhaustively (every split point, every byte,
+//!   random patterns, both input paths) by `fragmentation.rs`.
+
+// The one unsafe thing here is the `GlobalAlloc` impl, which only forwards
+// to `System`; the core itself stays `#![forbid(unsafe_code)]`.
+#![allow(unsafe_code)]
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Pair, Solo, config, decode_all, encode, hello_of, raw_frame, raw_header, str16, welcome_of};
+use wharf_core::wire::{
+    ErrorBody, Frame, FrameType, Goodbye, HEADER_LEN, Hello, MAX_FRAME_SIZE_CEILING, NO_HINT, Notify, PREAMBLE, Reject,
+    Request,
+};
+use wharf_core::{
+    AckError, Bytes, CallError, CallKind, CallOptions, CancelReason, Code, Config, Connection, ConnectionError, Event,
+    Metadata, ProtocolError, RequestId, SendError, SlowConsumerPolicy, SubscribeOptions, SubscriptionId, Text, Timeout,
+};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+// ----------------------------------------------------------------------
+// Counting allocator: the largest single allocation on this thread
+// ----------------------------------------------------------------------
+
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static TOTAL: Cell<usize> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+fn note(size: usize) {
+    // `try_with`: never panic inside the allocator.
+    let _ = MEASURING.try_with(|m| {
+        if m.get() {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+            let _ = TOTAL.try_with(|t| t.set(t.get() + size));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; the bookkeeping touches only const-initialised thread-locals,
+// which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from `System`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: forwarded unchanged; `ptr` came from `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f`; returns its result, the largest single allocation (or
+/// reallocation target) it made on this thread, and the bytes it requested
+/// in total.
+fn measure<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+    LARGEST.with(|l| l.set(0));
+    TOTAL.with(|t| t.set(0));
+    MEASURING.with(|m| m.set(true));
+    let r = f();
+    MEASURING.with(|m| m.set(false));
+    (r, LARGEST.with(Cell::get), TOTAL.with(Cell::get))
+}
+
+// ----------------------------------------------------------------------
+// Helpers
+// ----------------------------------------------------------------------
+
+fn config_with(f: impl FnOnce(&mut Config)) -> Config {
+    let mut c = config();
+    f(&mut c);
+    c
+}
+
+fn ty(t: FrameType) -> u8 {
+    t as u8
+}
+
+/// Every frame type of PROTOCOL.md 5.1.
+const ALL_TYPES: [FrameType; 20] = [
+    FrameType::Hello,
+    FrameType::Welcome,
+    FrameType::Reject,
+    FrameType::Request,
+    FrameType::Response,
+    FrameType::Error,
+    FrameType::Notify,
+    FrameType::Cancel,
+    FrameType::Data,
+    FrameType::End,
+    FrameType::Credit,
+    FrameType::Subscribe,
+    FrameType::Unsubscribe,
+    FrameType::Publish,
+    FrameType::Message,
+    FrameType::Lagged,
+    FrameType::Ack,
+    FrameType::Ping,
+    FrameType::Pong,
+    FrameType::Goodbye,
+];
+
+fn request(id: u64, method: &'static str, payload: &'static [u8]) -> Frame {
+    request_kind(id, CallKind::Unary, method, payload)
+}
+
+fn request_kind(id: u64, kind: CallKind, method: &'static str, payload: &'static [u8]) -> Frame {
+    Frame::Request(Request {
+        id,
+        kind,
+        method: Text::from(method),
+        deadline_ms: None,
+        trace_id: None,
+        metadata: Metadata::new(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn notify(method: &'static str) -> Frame {
+    Frame::Notify(Notify {
+        method: Text::from(method),
+        trace_id: None,
+        metadata: Metadata::new(),
+        payload: Bytes::from_static(b"n"),
+    })
+}
+
+fn goodbye(code: Code) -> Frame {
+    Frame::Goodbye(Goodbye { code, reconnect_after_ms: NO_HINT, message: Text::new() })
+}
+
+/// One well-formed frame of every type except HELLO, WELCOME and REJECT.
+fn non_handshake_frames() -> Vec<Frame> {
+    vec![
+        request(1, "echo", b"x"),
+        Frame::Response { id: 1, payload: Bytes::from_static(b"r") },
+        Frame::Error(ErrorBody { id: 1, code: Code::INTERNAL, message: Text::from("e"), data: Bytes::new() }),
+        notify("log"),
+        Frame::Cancel { id: 1 },
+        Frame::Data { id: 1, payload: Bytes::from_static(b"d") },
+        Frame::End { id: 1 },
+        Frame::Credit { id: 1, increment: 1 },
+        Frame::Subscribe { id: 1, topic: Text::from("t"), prefix: false, policy: SlowConsumerPolicy::DropOldest },
+        Frame::Unsubscribe { id: 3, subscription: 1 },
+        Frame::Publish { id: 0, topic: Text::from("t"), payload: Bytes::from_static(b"p") },
+        Frame::Message { subscription: 1, topic: Text::from("t"), payload: Bytes::from_static(b"m") },
+        Frame::Lagged { subscription: 1, dropped: 1 },
+        Frame::Ack { id: 1, status: Code::OK, value: 0 },
+        Frame::Ping { id: 1 },
+        Frame::Pong { id: 1 },
+        goodbye(Code::OK),
+    ]
+}
+
+/// Per-connection state is back to zero (after the events were polled).
+fn assert_zero_state(conn: &Connection) {
+    assert_eq!(conn.calls_in_flight(), 0, "calls_in_flight");
+    assert_eq!(conn.calls_being_served(), 0, "calls_being_served");
+    assert_eq!(conn.subscription_count(), 0, "subscription_count");
+    assert_eq!(conn.inbound_buffered(), 0, "inbound_buffered");
+}
+
+/// D on an established connection: the events are exactly `before` then
+/// `Closed(Protocol(expected))`; one GOODBYE `PROTOCOL_ERROR` with no hint
+/// was sent; the error is counted; state is zero; reading stopped.
+fn assert_d_after(s: &mut Solo, before: &[Event], expected: ProtocolError) {
+    let evs = s.take();
+    let mut want = before.to_vec();
+    want.push(Event::Closed(ConnectionError::Protocol(expected.clone())));
+    assert_eq!(evs, want, "events");
+    assert_eq!(s.conn.error(), Some(&ConnectionError::Protocol(expected.clone())));
+    assert_eq!(s.conn.stats().protocol_errors, 1);
+    let sent = s.sent();
+    match sent.as_slice() {
+        [Frame::Goodbye(g)] => {
+            assert_eq!(g.code, Code::PROTOCOL_ERROR);
+            assert_eq!(g.reconnect_after_ms, NO_HINT);
+            assert_eq!(g.message.as_str(), expected.to_string());
+        }
+        other => panic!("expected one GOODBYE PROTOCOL_ERROR, got {other:?}"),
+    }
+    assert!(!s.conn.wants_read());
+    assert_zero_state(&s.conn);
+}
+
+fn assert_d(s: &mut Solo, expected: ProtocolError) {
+    assert_d_after(s, &[], expected);
+}
+
+/// D before the handshake completed: closed silently (nothing written
+/// since `s.read`), exactly `Closed(err)` emitted, state zero.
+fn assert_silent(s: &mut Solo, err: ConnectionError) {
+    assert_eq!(s.take(), [Event::Closed(err.clone())]);
+    assert_eq!(s.conn.error(), Some(&err));
+    assert_eq!(s.wrote.len(), s.read, "wrote {:02x?} while closing silently", &s.wrote[s.read..]);
+    assert!(!s.conn.wants_read());
+    assert_zero_state(&s.conn);
+}
+
+fn assert_silent_d(s: &mut Solo, expected: ProtocolError) {
+    assert_silent(s, ConnectionError::Protocol(expected));
+    assert_eq!(s.conn.stats().protocol_errors, 1);
+}
+
+/// The established server `s` still serves: a REQUEST with call id `id`
+/// is dispatched and its RESPONSE goes out.
+fn assert_serves(s: &mut Solo, id: u64) {
+    s.feed(&[request(id, "echo", b"still here")]);
+    let evs = s.take();
+    let [Event::Request(call)] = evs.as_slice() else { panic!("expected one Request, got {evs:?}") };
+    assert_eq!((call.id, call.payload.as_ref()), (RequestId(id), &b"still here"[..]));
+    s.conn.respond(call.id, call.payload.clone()).unwrap();
+    s.pump();
+    assert_eq!(s.sent(), [Frame::Response { id, payload: Bytes::from_static(b"still here") }]);
+    assert!(s.conn.is_established());
+}
+
+/// Another connection (a second pair) completes a call.
+fn assert_other_peer_served() {
+    let mut p = Pair::connected();
+    let id = p.client.conn.request("echo", Bytes::from_static(b"other"), CallOptions::new(), p.now).unwrap();
+    p.drive();
+    let evs = p.server.take();
+    let [Event::Request(call)] = evs.as_slice() else { panic!("{evs:?}") };
+    p.server.conn.respond(call.id, call.payload.clone()).unwrap();
+    p.drive();
+    assert_eq!(p.client.take(), [Event::Response { id, result: Ok(Bytes::from_static(b"other")) }]);
+}
+
+/// Counts log events at WARN or above (the "no error log spam" check).
+struct LoudLogs(Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for LoudLogs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        if *e.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Runs `f` and returns how many WARN/ERROR log events it produced.
+fn loud_logs(f: impl FnOnce()) -> usize {
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tracing::subscriber::with_default(LoudLogs(n.clone()), f);
+    n.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A client's unary call to the hand-played server; the REQUEST written
+/// is consumed.
+fn client_call(c: &mut Solo) -> RequestId {
+    let id = c.conn.request("m", Bytes::new(), CallOptions::new(), c.now).unwrap();
+    c.pump();
+    assert!(matches!(c.sent().as_slice(), [Frame::Request(r)] if r.id == id.0));
+    id
+}
+
+fn hello_bytes() -> Vec<u8> {
+    encode(&[hello_of(&config())])
+}
+
+// ----------------------------------------------------------------------
+// Framing / decoder
+// ----------------------------------------------------------------------
+
+/// Case 1: 0 bytes, then EOF: a clean close (D), no error logged.
+#[test]
+fn case01_no_bytes_then_eof_is_a_clean_close() {
+    let mut s = Solo::fresh_server(config());
+    let loud = loud_logs(|| {
+        s.feed_raw(&[]); // an empty read is no input at all
+        assert!(s.take().is_empty());
+        assert!(s.conn.wants_read());
+        s.eof();
+    });
+    assert_silent(&mut s, ConnectionError::UnexpectedEof { mid_frame: false });
+    assert_eq!(loud, 0, "EOF before any byte is not worth a warning");
+    let st = s.conn.stats();
+    assert_eq!((st.protocol_errors, st.bytes_received, st.frames_received), (0, 0, 0));
+
+    // The same on an established connection, at a frame boundary.
+    let mut s = Solo::server(config());
+    let loud = loud_logs(|| s.eof());
+    assert_eq!(s.take(), [Event::Closed(ConnectionError::UnexpectedEof { mid_frame: false })]);
+    assert!(s.sent().is_empty(), "no GOODBYE to a peer that is gone");
+    assert_eq!(loud, 0);
+    assert_zero_state(&s.conn);
+}
+
+/// Case 2: a truncated header (k = 1..=15 bytes), then EOF: D
+/// (`UnexpectedEof { mid_frame: true }`), in the preamble, in the HELLO
+/// header and in a header after the handshake.
+#[test]
+fn case02_truncated_header_then_eof_for_every_k() {
+    // Inside the preamble.
+    for k in 1..PREAMBLE.len() {
+        let mut s = Solo::fresh_server(config());
+        s.feed_raw(&PREAMBLE[..k]);
+        s.eof();
+        assert_silent(&mut s, ConnectionError::UnexpectedEof { mid_frame: true });
+    }
+    let header = &hello_bytes()[..HEADER_LEN];
+    for k in 1..HEADER_LEN {
+        // The HELLO header, during the handshake: silent.
+        let mut s = Solo::fresh_server(config());
+        let mut input = PREAMBLE.to_vec();
+        input.extend_from_slice(&header[..k]);
+        s.feed_raw(&input);
+        assert!(s.take().is_empty());
+        s.eof();
+        assert_silent(&mut s, ConnectionError::UnexpectedEof { mid_frame: true });
+
+        // A REQUEST header on an established connection, with a call of
+        // our own in flight: it fails once, nothing is sent.
+        let mut s = Solo::server(config());
+        s.feed(&[request(1, "slow", b"")]);
+        assert!(matches!(s.take().as_slice(), [Event::Request(_)]));
+        let raw = encode(&[request(3, "echo", b"hi")]);
+        s.feed_raw(&raw[..k]);
+        assert!(s.take().is_empty());
+        s.eof();
+        let err = ConnectionError::UnexpectedEof { mid_frame: true };
+        assert_eq!(
+            s.take(),
+            [
+                Event::CallCancelled { id: RequestId(1), reason: CancelReason::ConnectionLost(err.clone()) },
+                Event::Closed(err)
+            ]
+        );
+        assert!(s.sent().is_empty());
+        assert_eq!(s.conn.stats().protocol_errors, 0);
+        assert_zero_state(&s.conn);
+    }
+}
+
+/// Case 3: a truncated header, then silence (slow loris): closed at the
+/// handshake timeout (during the handshake) or at the keepalive timeout
+/// (after it). Other peers are unaffected.
+#[test]
+fn case03_truncated_header_then_stall_is_closed_by_the_timeouts() {
+    // During the handshake: handshake_timeout (10 s from creation). The
+    // whole preamble arrived, so the server says why (PROTOCOL.md 7.1).
+    let mut s = Solo::fresh_server(config());
+    let mut input = PREAMBLE.to_vec();
+    input.extend_from_slice(&hello_bytes()[..5]);
+    s.feed_raw(&input);
+    s.advance(Duration::from_millis(9_999));
+    assert!(s.take().is_empty() && !s.conn.is_closed());
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.take(), [Event::Closed(ConnectionError::HandshakeTimeout(Duration::from_secs(10)))]);
+    assert_eq!(s.wrote[..8], PREAMBLE);
+    s.read = 8;
+    assert!(matches!(s.sent().as_slice(), [Frame::Reject(r)] if r.code == Code::HANDSHAKE_TIMEOUT));
+    assert_eq!(s.conn.stats().handshake_timeouts, 1);
+    assert_zero_state(&s.conn);
+
+    // After the handshake: a partial header is a sign of life once, then
+    // nothing; the keepalive timeout (3 x 10 s) ends it with GOODBYE.
+    let mut s = Solo::server(config());
+    s.feed_raw(&raw_header(100, ty(FrameType::Request), 0, 0, 1)[..7]);
+    s.advance(Duration::from_secs(10)); // keepalive PING goes out, unanswered
+    assert!(matches!(s.sent().as_slice(), [Frame::Ping { .. }]));
+    s.advance(Duration::from_secs(19));
+    assert!(s.conn.is_established());
+    s.advance(Duration::from_secs(1));
+    assert_eq!(s.take(), [Event::Closed(ConnectionError::KeepaliveTimeout(Duration::from_secs(30)))]);
+    assert!(matches!(s.sent().as_slice(), [Frame::Goodbye(g)] if g.code == Code::KEEPALIVE_TIMEOUT));
+    assert_eq!(s.conn.stats().keepalive_timeouts, 1);
+    assert_zero_state(&s.conn);
+
+    assert_other_peer_served();
+}
+
+/// Case 4: declared length 0 where the type needs a body: D (`BadLength`).
+/// Where 0 is allowed (PING, PONG, CANCEL, END, RESPONSE, DATA): accepted.
+#[test]
+fn case04_zero_length_refused_where_a_body_is_required_accepted_where_allowed() {
+    for t in ALL_TYPES {
+        let (min, max) = t.length_bounds();
+        if min == 0 {
+            continue;
+        }
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_header(0, ty(t), 0, 0, 1));
+        assert_d(&mut s, ProtocolError::BadLength { frame: t, len: 0, min, max });
+
+        // Before the handshake, silently.
+        let mut s = Solo::fresh_server(config());
+        let mut input = PREAMBLE.to_vec();
+        input.extend_from_slice(&raw_header(0, ty(t), 0, 0, 0));
+        s.feed_raw(&input);
+        assert_silent_d(&mut s, ProtocolError::BadLength { frame: t, len: 0, min, max });
+    }
+
+    // Allowed empty bodies, on a server with calls from the client in flight.
+    let mut s = Solo::server(config());
+    s.feed(&[request_kind(1, CallKind::ClientStream, "upload", b""), request(3, "slow", b"")]);
+    assert_eq!(s.take().len(), 2);
+    s.feed_raw(&raw_frame(ty(FrameType::Ping), 0, 0, b""));
+    s.feed_raw(&raw_frame(ty(FrameType::Data), 0, 1, b""));
+    s.feed_raw(&raw_frame(ty(FrameType::End), 0, 1, b""));
+    s.feed_raw(&raw_frame(ty(FrameType::Cancel), 0, 3, b""));
+    s.feed_raw(&raw_frame(ty(FrameType::Pong), 0, 99, b"")); // matches no PING: I
+    assert_eq!(
+        s.take(),
+        [
+            Event::StreamData { id: RequestId(1), payload: Bytes::new() },
+            Event::StreamEnd { id: RequestId(1) },
+            Event::CallCancelled { id: RequestId(3), reason: CancelReason::Peer },
+        ]
+    );
+    assert_eq!(s.sent(), [Frame::Pong { id: 0 }]);
+    assert_eq!(s.conn.stats().stale_frames_ignored, 1, "the unmatched PONG");
+    s.conn.respond(RequestId(1), Bytes::new()).unwrap();
+    s.pump();
+    assert_eq!(s.sent(), [Frame::Response { id: 1, payload: Bytes::new() }]);
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, 5);
+
+    // An empty RESPONSE on a client.
+    let mut c = Solo::client(config());
+    let id = client_call(&mut c);
+    c.feed_raw(&raw_frame(ty(FrameType::Response), 0, id.0, b""));
+    assert_eq!(c.take(), [Event::Response { id, result: Ok(Bytes::new()) }]);
+    assert_zero_state(&c.conn);
+}
+
+/// Case 5: declared length `max_frame_size + 1`: D (`FrameTooLarge`) from
+/// the header alone, before any allocation for the body.
+#[test]
+fn case05_length_one_above_the_limit_is_refused_before_allocation() {
+    // Established: the announced max_frame_size (16 MiB).
+    let mut s = Solo::server(config());
+    let limit = s.conn.config().max_frame_size;
+    let header = raw_header(limit + 1, ty(FrameType::Request), 0, 0, 1);
+    let ((), largest, _) = measure(|| s.conn.handle_input(&header, s.now));
+    s.pump();
+    assert_d(&mut s, ProtocolError::FrameTooLarge { frame: FrameType::Request, len: limit + 1, limit });
+    assert_eq!(s.conn.stats().frames_too_large, 1);
+    assert!(largest <= 64 * KIB, "allocated {largest} bytes for a refused header");
+
+    // During the handshake: max_handshake_size (64 KiB), silently.
+    let mut s = Solo::fresh_server(config());
+    let limit = s.conn.config().max_handshake_size;
+    let mut input = PREAMBLE.to_vec();
+    input.extend_from_slice(&raw_header(limit + 1, ty(FrameType::Hello), 0, 0, 0));
+    let ((), largest, _) = measure(|| s.conn.handle_input(&input, s.now));
+    s.pump();
+    assert_silent_d(&mut s, ProtocolError::FrameTooLarge { frame: FrameType::Hello, len: limit + 1, limit });
+    assert_eq!(s.conn.stats().frames_too_large, 1);
+    assert!(largest <= 64 * KIB, "allocated {largest} bytes for a refused HELLO header");
+
+    // A client, for the server's first frame.
+    let mut c = Solo::fresh_client(config());
+    let mut input = PREAMBLE.to_vec();
+    input.extend_from_slice(&raw_header(limit + 1, ty(FrameType::Welcome), 0, 0, 7));
+    let ((), largest, _) = measure(|| c.conn.handle_input(&input, c.now));
+    c.pump();
+    assert_silent_d(&mut c, ProtocolError::FrameTooLarge { frame: FrameType::Welcome, len: limit + 1, limit });
+    assert!(largest <= 64 * KIB);
+
+    // The zero-copy input path offers no more room for it either.
+    let mut s = Solo::server(config());
+    let limit = s.conn.config().max_frame_size;
+    let buf = s.conn.recv_buffer();
+    buf.extend_from_slice(&raw_header(limit + 1, ty(FrameType::Data), 0, 0, 1));
+    s.conn.handle_received(HEADER_LEN, s.now);
+    assert!(s.conn.recv_buffer().capacity() <= 128 * KIB);
+    s.pump();
+    assert_d(&mut s, ProtocolError::FrameTooLarge { frame: FrameType::Data, len: limit + 1, limit });
+
+    assert_other_peer_served();
+}
+
+/// Case 6: declared length `u32::MAX`. The length field is a u32 (there is
+/// no u64 length in the protocol); the header check refuses it before
+/// `HEADER_LEN + len` is ever computed, so nothing overflows even where
+/// `usize` is 32 bits (the sum is only formed for `len` <= 128 MiB).
+#[test]
+fn case06_length_u32_max_is_refused_without_overflow_or_allocation() {
+    // An unbounded type: above the frame limit, even at the protocol ceiling.
+    for max_frame_size in [config().max_frame_size, MAX_FRAME_SIZE_CEILING] {
+        let mut s = Solo::server(config_with(|c| c.max_frame_size = max_frame_size));
+        let header = raw_header(u32::MAX, ty(FrameType::Data), 0, 0, 1);
+        let ((), largest, _) = measure(|| s.conn.handle_input(&header, s.now));
+        s.pump();
+        assert_d(&mut s, ProtocolError::FrameTooLarge { frame: FrameType::Data, len: u32::MAX, limit: max_frame_size });
+        assert!(largest <= 64 * KIB);
+    }
+    // A fixed-size type: a bad length for the type.
+    let mut s = Solo::server(config());
+    s.feed_raw(&raw_header(u32::MAX, ty(FrameType::Ping), 0, 0, 1));
+    assert_d(&mut s, ProtocolError::BadLength { frame: FrameType::Ping, len: u32::MAX, min: 0, max: 0 });
+    // During the handshake.
+    let mut s = Solo::fresh_server(config());
+    let mut input = PREAMBLE.to_vec();
+    input.extend_from_slice(&raw_header(u32::MAX, ty(FrameType::Hello), 0, 0, 0));
+    let ((), largest, _) = measure(|| s.conn.handle_input(&input, s.now));
+    s.pump();
+    assert_silent_d(&mut s, ProtocolError::FrameTooLarge { frame: FrameType::Hello, len: u32::MAX, limit: 65536 });
+    assert!(largest <= 64 * KIB);
+
+    // u64::MAX where the protocol has u64 fields (ids, LAGGED's count):
+    // accepted as values, no arithmetic on them overflows.
+    let mut s = Solo::server(config());
+    s.feed_raw(&raw_frame(ty(FrameType::Ping), 0, u64::MAX, b""));
+    assert_eq!(s.sent(), [Frame::Pong { id: u64::MAX }]);
+    s.feed(&[request(u64::MAX, "last", b"")]);
+    let evs = s.take();
+    assert!(matches!(evs.as_slice(), [Event::Request(c)] if c.id == RequestId(u64::MAX)), "{evs:?}");
+    // No operation id can follow u64::MAX: any later one is not increasing.
+    s.feed(&[request(u64::MAX - 2, "next", b"")]);
+    assert_d_after(
+        &mut s,
+        &[Event::CallCancelled {
+            id: RequestId(u64::MAX),
+            reason: CancelReason::ConnectionLost(ConnectionError::Protocol(ProtocolError::BadId {
+                frame: FrameType::Request,
+                id: u64::MAX - 2,
+                reason: "operation ids must increase",
+            })),
+        }],
+        ProtocolError::BadId { frame: FrameType::Request, id: u64::MAX - 2, reason: "operation ids must increase" },
+    );
+}
+
+/// Case 7: declared 100 MiB (under a 128 MiB limit), then 10 bytes, then
+/// silence: no up-front allocation of 100 MiB; the timeout ends it (D).
+#[test]
+fn case07_declared_100_mib_then_10_bytes_then_stall_reserves_nothing_and_times_out() {
+    let declared = 100 * MIB as u32;
+    // Established: the keepalive timeout (3 x 10 s) ends it.
+    let mut s = Solo::server(config_with(|c| c.max_frame_size = 128 * MIB as u32));
+    let header = raw_header(declared, ty(FrameType::Request), 0, 0, 1);
+    let ((), largest, total) = measure(|| {
+        s.conn.handle_input(&header, s.now);
+        s.conn.handle_input(&[0u8; 10], s.now);
+    });
+    s.pump();
+    assert!(largest <= 64 * KIB && total <= 128 * KIB, "allocated {total} bytes (largest {largest}) for 26");
+    assert!(s.take().is_empty() && s.conn.is_established(), "a frame under the limit is legal so far");
+    // Zero-copy reads grow the buffer with what arrives, not what is declared.
+    let buf = s.conn.recv_buffer();
+    assert!(buf.capacity() <= 128 * KIB, "recv_buffer reserved {}", buf.capacity());
+    let ((), largest, _) = measure(|| {
+        let buf = s.conn.recv_buffer();
+        buf.extend_from_slice(&[0u8; 10]);
+        s.conn.handle_received(10, s.now);
+    });
+    assert!(largest <= 128 * KIB, "largest allocation {largest}");
+    s.advance(Duration::from_secs(29));
+    assert!(s.conn.is_established());
+    assert!(matches!(s.sent().as_slice(), [Frame::Ping { .. }]));
+    s.advance(Duration::from_secs(1));
+    assert_eq!(s.take(), [Event::Closed(ConnectionError::KeepaliveTimeout(Duration::from_secs(30)))]);
+    assert!(matches!(s.sent().as_slice(), [Frame::Goodbye(g)] if g.code == Code::KEEPALIVE_TIMEOUT));
+    assert_eq!(s.conn.stats().keepalive_timeouts, 1);
+    assert_zero_state(&s.conn);
+
+    // During the handshake (a 128 MiB handshake limit): handshake_timeout.
+    let mut s = Solo::fresh_server(config_with(|c| c.max_handshake_size = 128 * MIB as u32));
+    let mut input = PREAMBLE.to_vec();
+    input.extend_from_slice(&raw_header(declared, ty(FrameType::Hello), 0, 0, 0));
+    input.extend_from_slice(&[0u8; 10]);
+    let ((), largest, total) = measure(|| s.conn.handle_input(&input, s.now));
+    s.pump();
+    assert!(largest <= 64 * KIB && total <= 128 * KIB, "allocated {total} bytes (largest {largest})");
+    s.advance(Duration::from_secs(10));
+    assert_eq!(s.take(), [Event::Closed(ConnectionError::HandshakeTimeout(Duration::from_secs(10)))]);
+    s.read = 8;
+    assert!(matches!(s.sent().as_slice(), [Frame::Reject(r)] if r.code == Code::HANDSHAKE_TIMEOUT));
+    assert_zero_state(&s.conn);
+
+    assert_other_peer_served();
+}
+
+/// Case 8: a wrong preamble byte, at any offset (D-Bus: a wrong first
+/// byte): closed silently at that byte, as soon as it arrives, both
+/// directions.
+#[test]
+fn case08_bad_magic_closes_silently_at_the_first_wrong_byte() {
+    for offset in 0..PREAMBLE.len() {
+        let mut bad = PREAMBLE.to_vec();
+        bad[offset] ^= 0xff;
+        // Server, fed one byte at a time: nothing happens before `offset`.
+        let mut s = Solo::fresh_server(config());
+        let loud = loud_logs(|| {
+            for b in &bad[..offset] {
+                s.feed_raw(std::slice::from_ref(b));
+                assert!(s.take().is_empty());
+            }
+            s.feed_raw(&bad[offset..=offset]);
+        });
+        let e = ProtocolError::BadPreamble { offset, found: bad[offset], expected: PREAMBLE[offset] };
+        assert_silent_d(&mut s, e.clone());
+        assert_eq!(loud, 0, "a stranger on the port is not worth a warning");
+        // Nothing after it is looked at.
+        s.feed_raw(&hello_bytes());
+        assert!(s.take().is_empty() && s.wrote.is_empty());
+
+        // Client, for the server's preamble: nothing after its HELLO.
+        let mut c = Solo::fresh_client(config());
+        c.feed_raw(&bad);
+        assert_silent_d(&mut c, e);
+    }
+    // A NUL first byte (D-Bus's credentials byte) and an HTTP request.
+    for (input, found) in [(&b"\0AUTH EXTERNAL"[..], 0u8), (&b"GET / HTTP/1.1\r\n"[..], b'G')] {
+        let mut s = Solo::fresh_server(config());
+        s.feed_raw(input);
+        assert_silent_d(&mut s, ProtocolError::BadPreamble { offset: 0, found, expected: b'W' });
+    }
+    assert_other_peer_served();
+}
+
+/// Case 9: unknown frame type: D (`UnknownFrameType`), for every one of the
+/// 236 undefined type bytes. PROTOCOL.md 5.1 chose this one rule: there is
+/// no reserved or negotiable range in version 1, so nothing is ignored.
+#[test]
+fn case09_every_unknown_frame_type_is_a_connection_error() {
+    let mut unknown = 0;
+    for t in 0..=u8::MAX {
+        if FrameType::from_u8(t).is_some() {
+            continue;
+        }
+        unknown += 1;
+        // Established, with a body the receiver never reads.
+        let mut s = Solo::server(config());
+        let mut raw = raw_header(4, t, 0, 0, 1).to_vec();
+        raw.extend_from_slice(b"body");
+        s.feed_raw(&raw);
+        assert_d(&mut s, ProtocolError::UnknownFrameType { ty: t });
+        // As the first frame: silent.
+        let mut s = Solo::fresh_server(config());
+        let mut input = PREAMBLE.to_vec();
+        input.extend_from_slice(&raw_header(0, t, 0, 0, 0));
+        s.feed_raw(&input);
+        assert_silent_d(&mut s, ProtocolError::UnknownFrameType { ty: t });
+        // To a client.
+        let mut c = Solo::client(config());
+        c.feed_raw(&raw_header(0, t, 0, 0, 0));
+        assert_d(&mut c, ProtocolError::UnknownFrameType { ty: t });
+    }
+    assert_eq!(unknown, 256 - ALL_TYPES.len());
+}
+
+/// Case 10: reserved header bits set, or flag bits the type does not
+/// define: D (`ReservedBits`, `UnknownFlags`). PROTOCOL.md 5.1: no flag is
+/// an extension point.
+#[test]
+fn case10_reserved_field_and_undefined_flag_bits_are_connection_errors() {
+    for t in ALL_TYPES {
+        for reserved in [1u16, 0x0100, 0x8000, 0xffff] {
+            let mut s = Solo::server(config());
+            s.feed_raw(&raw_header(0, ty(t), 0, reserved, 1));
+            assert_d(&mut s, ProtocolError::ReservedBits { frame: t, value: reserved });
+        }
+        for bit in 0..8 {
+            let flags = 1u8 << bit;
+            if t.allowed_flags() & flags != 0 {
+                continue;
+            }
+            let mut s = Solo::server(config());
+            s.feed_raw(&raw_header(0, ty(t), flags, 0, 1));
+            assert_d(&mut s, ProtocolError::UnknownFlags { frame: t, flags });
+            // All undefined bits at once.
+            let mut s = Solo::server(config());
+            let all = !t.allowed_flags();
+            s.feed_raw(&raw_header(0, ty(t), all, 0, 1));
+            assert_d(&mut s, ProtocolError::UnknownFlags { frame: t, flags: all });
+        }
+    }
+    // During the handshake: a HELLO with a flag, silently.
+    let mut s = Solo::fresh_server(config());
+    let mut input = PREAMBLE.to_vec();
+    let mut hello = hello_bytes();
+    hello[5] = 0x01;
+    input.extend_from_slice(&hello);
+    s.feed_raw(&input);
+    assert_silent_d(&mut s, ProtocolError::UnknownFlags { frame: FrameType::Hello, flags: 0x01 });
+}
+
+/// Case 11: an inner length that runs past the end of the frame, or
+/// trailing bytes after the last field of a body without a tail: D
+/// (`Malformed`).
+#[test]
+fn case11_inner_lengths_past_the_frame_and_trailing_bytes_are_malformed() {
+    const PAST_END: &str = "a field runs past the end of the frame";
+    const TRAILING: &str = "trailing bytes after the last field";
+    let ty_req = ty(FrameType::Request);
+
+    // REQUEST: method length 0xffff in a 6-byte body.
+    let mut body = 0xffffu16.to_le_bytes().to_vec();
+    body.extend_from_slice(b"echo");
+    // HAS_DEADLINE without the 4 deadline bytes.
+    let deadline = [str16(b"echo"), b"\x01\x02".to_vec()].concat();
+    // HAS_TRACE with 8 of the 16 trace bytes.
+    let trace = [str16(b"echo"), vec![7; 8]].concat();
+    // Metadata: count 1000 in a few bytes; a value running past the end.
+    let count = [str16(b"echo"), 1000u16.to_le_bytes().to_vec(), vec![0; 6]].concat();
+    let value =
+        [str16(b"echo"), 1u16.to_le_bytes().to_vec(), str16(b"k"), 9u16.to_le_bytes().to_vec(), b"v".to_vec()].concat();
+    for (flags, body) in [(0u8, body), (0x04, deadline), (0x10, trace), (0x08, count), (0x08, value)] {
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty_req, flags, 1, &body));
+        assert_d(&mut s, ProtocolError::Malformed { frame: FrameType::Request, reason: PAST_END });
+    }
+
+    // GOODBYE whose message says 5 bytes with 3 left (the test vector).
+    let gb = [0u32.to_le_bytes().to_vec(), NO_HINT.to_le_bytes().to_vec(), 5u16.to_le_bytes().to_vec(), b"bye".into()]
+        .concat();
+    let mut s = Solo::server(config());
+    s.feed_raw(&raw_frame(ty(FrameType::Goodbye), 0, 0, &gb));
+    assert_d(&mut s, ProtocolError::Malformed { frame: FrameType::Goodbye, reason: PAST_END });
+
+    // ERROR whose message runs past the end, on a client with a call.
+    let mut c = Solo::client(config());
+    let id = client_call(&mut c);
+    let err = [6u32.to_le_bytes().to_vec(), 200u16.to_le_bytes().to_vec(), b"oops".to_vec()].concat();
+    c.feed_raw(&raw_frame(ty(FrameType::Error), 0, id.0, &err));
+    let e = ProtocolError::Malformed { frame: FrameType::Error, reason: PAST_END };
+    assert_d_after(
+        &mut c,
+        &[Event::Response { id, result: Err(CallError::ConnectionLost(ConnectionError::Protocol(e.clone()))) }],
+        e,
+    );
+
+    // Trailing bytes: SUBSCRIBE, GOODBYE.
+    let mut s = Solo::server(config());
+    s.feed_raw(&raw_frame(ty(FrameType::Subscribe), 0, 1, &[str16(b"news"), vec![0]].concat()));
+    assert_d(&mut s, ProtocolError::Malformed { frame: FrameType::Subscribe, reason: TRAILING });
+    let mut s = Solo::server(config());
+    let gb = [0u32.to_le_bytes().to_vec(), NO_HINT.to_le_bytes().to_vec(), str16(b""), vec![0]].concat();
+    s.feed_raw(&raw_frame(ty(FrameType::Goodbye), 0, 0, &gb));
+    assert_d(&mut s, ProtocolError::Malformed { frame: FrameType::Goodbye, reason: TRAILING });
+
+    // Trailing bytes in WELCOME and REJECT, to a client: silent.
+    let welcome = welcome_of(&config()).to_bytes().unwrap();
+    let mut w = welcome[HEADER_LEN..].to_vec();
+    w.push(0);
+    let mut c = Solo::fresh_client(config());
+    c.feed_raw(&[PREAMBLE.to_vec(), raw_frame(ty(FrameType::Welcome), 0, 7, &w)].concat());
+    assert_silent_d(&mut c, ProtocolError::Malformed { frame: FrameType::Welcome, reason: TRAILING });
+    let reject = Frame::Reject(Reject {
+        code: Code::AUTH_FAILED,
+        retry_after_ms: NO_HINT,
+        min_version: 1,
+        max_version: 1,
+        reason: Text::from("no"),
+    });
+    let mut r = reject.to_bytes().unwrap()[HEADER_LEN..].to_vec();
+    r.push(0);
+    let mut c = Solo::fresh_client(config());
+    c.feed_raw(&[PREAMBLE.to_vec(), raw_frame(ty(FrameType::Reject), 0, 0, &r)].concat());
+    assert_silent_d(&mut c, ProtocolError::Malformed { frame: FrameType::Reject, reason: TRAILING });
+
+    // A HELLO whose client_name runs past the end: silent.
+    let hello = hello_bytes();
+    let mut h = hello[HEADER_LEN..].to_vec();
+    h[24..26].copy_from_slice(&100u16.to_le_bytes());
+    let mut s = Solo::fresh_server(config());
+    s.feed_raw(&[PREAMBLE.to_vec(), raw_frame(ty(FrameType::Hello), 0, 0, &h)].concat());
+    assert_silent_d(&mut s, ProtocolError::Malformed { frame: FrameType::Hello, reason: PAST_END });
+}
+
+/// Case 12: invalid UTF-8 or an embedded NUL in a string field. PROTOCOL.md
+/// 3 makes every str16 a D (`InvalidString`), the reference's "header
+/// field" rule; payloads are opaque bytes that wharf never interprets, so
+/// the reference's "E (payload)" has no counterpart: such bytes in a
+/// payload are delivered unchanged.
+#[test]
+fn case12_invalid_utf8_or_nul_in_a_string_field_is_a_connection_error() {
+    const NOT_UTF8: &str = "not valid UTF-8";
+    const NUL: &str = "contains NUL";
+    let bad: [(&[u8], &str); 7] = [
+        (b"\xff\xfe", NOT_UTF8),
+        (b"\xc0\x80", NOT_UTF8),         // overlong NUL
+        (b"\xe0\x80\xaf", NOT_UTF8),     // overlong '/'
+        (b"\xed\xa0\x80", NOT_UTF8),     // surrogate U+D800
+        (b"\xf4\x90\x80\x80", NOT_UTF8), // above U+10FFFF
+        (b"ec\xe2\x82", NOT_UTF8),       // truncated sequence
+        (b"a\0b", NUL),
+    ];
+    for (s_bytes, reason) in bad {
+        // REQUEST method.
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Request), 0, 1, &[str16(s_bytes), b"hi".to_vec()].concat()));
+        assert_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Request, field: "method", reason });
+        // NOTIFY method.
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Notify), 0, 0, &str16(s_bytes)));
+        assert_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Notify, field: "method", reason });
+        // SUBSCRIBE and PUBLISH topics.
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Subscribe), 0, 1, &str16(s_bytes)));
+        assert_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Subscribe, field: "topic", reason });
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Publish), 0, 0, &str16(s_bytes)));
+        assert_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Publish, field: "topic", reason });
+        // A metadata key.
+        let md = [str16(b"echo"), 1u16.to_le_bytes().to_vec(), str16(s_bytes), str16(b"v")].concat();
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Request), 0x08, 1, &md));
+        assert_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Request, field: "metadata key", reason });
+        // A GOODBYE message.
+        let gb = [0u32.to_le_bytes().to_vec(), NO_HINT.to_le_bytes().to_vec(), str16(s_bytes)].concat();
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Goodbye), 0, 0, &gb));
+        assert_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Goodbye, field: "message", reason });
+        // An ERROR message, to a client with that call in flight.
+        let mut c = Solo::client(config());
+        let id = client_call(&mut c);
+        let body = [6u32.to_le_bytes().to_vec(), str16(s_bytes)].concat();
+        c.feed_raw(&raw_frame(ty(FrameType::Error), 0, id.0, &body));
+        let e = ProtocolError::InvalidString { frame: FrameType::Error, field: "message", reason };
+        let lost = Event::Response { id, result: Err(CallError::ConnectionLost(ConnectionError::Protocol(e.clone()))) };
+        assert_d_after(&mut c, &[lost], e);
+        // The HELLO client_name, silently.
+        let mut h = hello_of(&config()).to_bytes().unwrap()[HEADER_LEN..HEADER_LEN + 24].to_vec();
+        h.extend_from_slice(&str16(s_bytes));
+        let mut s = Solo::fresh_server(config());
+        s.feed_raw(&[PREAMBLE.to_vec(), raw_frame(ty(FrameType::Hello), 0, 0, &h)].concat());
+        assert_silent_d(&mut s, ProtocolError::InvalidString { frame: FrameType::Hello, field: "client_name", reason });
+    }
+
+    // Payloads are opaque: the same bytes there are delivered unchanged.
+    let mut s = Solo::server(config());
+    let payload = b"\xff\xfe\0\xc0\x80\xed\xa0\x80";
+    s.feed_raw(&raw_frame(ty(FrameType::Request), 0, 1, &[str16(b"echo"), payload.to_vec()].concat()));
+    let evs = s.take();
+    assert!(matches!(evs.as_slice(), [Event::Request(c)] if c.payload.as_ref() == payload), "{evs:?}");
+    s.conn.respond(RequestId(1), Bytes::from_static(payload)).unwrap();
+    s.pump();
+    assert_eq!(s.sent(), [Frame::Response { id: 1, payload: Bytes::from_static(payload) }]);
+    assert_serves(&mut s, 3);
+    assert_zero_state(&s.conn);
+}
