@@ -917,3 +917,534 @@ fn case12_invalid_utf8_or_nul_in_a_string_field_is_a_connection_error() {
     assert_serves(&mut s, 3);
     assert_zero_state(&s.conn);
 }
+
+/// Case 13: nesting-depth bomb. wharf has no structured payloads: every
+/// body is a fixed sequence of fields, and the one repeated structure, the
+/// metadata block, is a flat count-prefixed list (no recursion anywhere in
+/// the decoder). Its "bomb" is the largest count a u16 allows, 65535
+/// entries: bounded by the frame, refused E (`INVALID_REQUEST`, above
+/// `max_metadata_entries`) on a REQUEST and dropped (I) on a NOTIFY, and
+/// decoding it allocates no more than 65535 entries' worth.
+#[test]
+fn case13_flat_metadata_bomb_is_refused_and_bounded() {
+    let mut block = u16::MAX.to_le_bytes().to_vec();
+    for _ in 0..u16::MAX {
+        block.extend_from_slice(&str16(b"k"));
+        block.extend_from_slice(&str16(b""));
+    }
+    let mut s = Solo::server(config());
+    let req = raw_frame(ty(FrameType::Request), 0x08, 1, &[str16(b"echo"), block.clone()].concat());
+    let ((), largest, _) = measure(|| s.conn.handle_input(&req, s.now));
+    s.pump();
+    // One Vec of 65535 (key, value) pairs: (Text, Bytes) is 64 bytes.
+    assert!(largest <= 65535 * 64 + 64 * KIB.max(req.len()), "largest allocation {largest}");
+    assert!(s.take().is_empty(), "not dispatched");
+    let sent = s.sent();
+    assert!(matches!(sent.as_slice(), [Frame::Error(e)] if e.id == 1 && e.code == Code::INVALID_REQUEST), "{sent:?}");
+    assert_eq!(s.conn.stats().calls_refused_invalid, 1);
+    // The same on a NOTIFY: dropped and counted.
+    s.feed_raw(&raw_frame(ty(FrameType::Notify), 0x08, 0, &[str16(b"log"), block].concat()));
+    assert!(s.take().is_empty() && s.sent().is_empty());
+    assert_eq!(s.conn.stats().notifications_ignored, 1);
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, 3);
+
+    // A payload that looks nested is just bytes.
+    let nested = vec![b'['; 100_000];
+    let mut s = Solo::server(config());
+    s.feed_raw(&raw_frame(ty(FrameType::Request), 0, 1, &[str16(b"echo"), nested.clone()].concat()));
+    let evs = s.take();
+    assert!(matches!(evs.as_slice(), [Event::Request(c)] if c.payload.as_ref() == nested.as_slice()));
+}
+
+/// Case 14: a valid stream cut at every byte boundary (1-byte reads, both
+/// input paths) gives the same events and the same output as one read.
+/// `fragmentation.rs` covers every split point of a longer session.
+#[test]
+fn case14_one_byte_reads_decode_the_same_as_one_read() {
+    let mut md = Metadata::new();
+    md.insert("k", Bytes::from_static(b"v"));
+    let frames = vec![
+        Frame::Request(Request {
+            id: 1,
+            kind: CallKind::Unary,
+            method: Text::from("full"),
+            deadline_ms: Some(5_000),
+            trace_id: Some([9; 16]),
+            metadata: md.clone(),
+            payload: Bytes::from_static(b"payload"),
+        }),
+        Frame::Notify(Notify { method: Text::from("n"), trace_id: Some([1; 16]), metadata: md, payload: Bytes::new() }),
+        Frame::Ping { id: 5 },
+        request_kind(3, CallKind::ClientStream, "up", b""),
+        Frame::Data { id: 3, payload: Bytes::from_static(b"d1") },
+        Frame::Data { id: 3, payload: Bytes::new() },
+        Frame::End { id: 3 },
+        Frame::Cancel { id: 1 },
+        Frame::Subscribe { id: 5, topic: Text::from("t/"), prefix: true, policy: SlowConsumerPolicy::Disconnect },
+        Frame::Publish { id: 7, topic: Text::from("t/x"), payload: Bytes::from_static(b"p") },
+        Frame::Unsubscribe { id: 9, subscription: 5 },
+        goodbye(Code::SHUTTING_DOWN),
+    ];
+    let mut input = PREAMBLE.to_vec();
+    input.extend(hello_bytes());
+    let split = input.len();
+    input.extend(encode(&frames));
+
+    // One start time for every run, so that deadlines compare equal.
+    let t0 = Instant::now();
+    let run = |chunk: Option<usize>, zero_copy: bool| {
+        let conn = Connection::server(Arc::new(config()), t0).unwrap();
+        let mut s = Solo { conn, now: t0, events: vec![], wrote: vec![], read: 0 };
+        let mut feed = |s: &mut Solo, bytes: &[u8]| {
+            let step = chunk.unwrap_or(bytes.len()).max(1);
+            for part in bytes.chunks(step) {
+                if zero_copy {
+                    s.conn.recv_buffer().extend_from_slice(part);
+                    s.conn.handle_received(part.len(), s.now);
+                } else {
+                    s.conn.handle_input(part, s.now);
+                }
+                s.pump();
+            }
+        };
+        feed(&mut s, &input[..split]);
+        assert!(matches!(s.events.as_slice(), [Event::HandshakeRequest(_)]), "{:?}", s.events);
+        s.conn.accept(7).unwrap();
+        s.pump();
+        feed(&mut s, &input[split..]);
+        (s.take(), s.wrote)
+    };
+    let whole = run(None, false);
+    assert!(whole.0.len() > 10, "{:?}", whole.0);
+    assert!(matches!(whole.0.last(), Some(Event::GoodbyeReceived { .. })), "{:?}", whole.0);
+    assert_eq!(run(Some(1), false), whole, "1-byte reads");
+    assert_eq!(run(Some(1), true), whole, "1-byte zero-copy reads");
+    assert_eq!(run(Some(7), false), whole, "7-byte reads");
+}
+
+/// Case 15: 10 000 valid frames in one write are all processed; a peer
+/// cannot starve others: each read is bounded by the receive buffer's room
+/// (at most 64 KiB between frames), and reading pauses (B) once undelivered
+/// events hold `max_inbound_buffered`, so a driver goes round its peers.
+#[test]
+fn case15_ten_thousand_frames_in_one_write_are_all_processed_fairly() {
+    const N: u64 = 10_000;
+    let mut s = Solo::server(config_with(|c| c.max_in_flight = N as u32));
+    let frames: Vec<Frame> = (0..N).map(|i| request(2 * i + 1, "echo", b"x")).collect();
+    s.feed_raw(&encode(&frames));
+    let evs = s.take();
+    assert_eq!(evs.len(), N as usize);
+    assert!(evs.iter().enumerate().all(|(i, e)| matches!(e, Event::Request(c) if c.id.0 == 2 * i as u64 + 1)));
+    assert_eq!(s.conn.calls_being_served(), N as usize);
+    for i in 0..N {
+        s.conn.respond(RequestId(2 * i + 1), Bytes::from_static(b"y")).unwrap();
+    }
+    s.pump();
+    let sent = s.sent();
+    assert_eq!(sent.len(), N as usize);
+    assert!(sent.iter().all(|f| matches!(f, Frame::Response { .. })));
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, 2 * N + 1);
+
+    // Fairness: a flood of notifications against a small inbound limit,
+    // read the way an adapter reads (zero-copy, only while wants_read),
+    // with another connection served at every pause.
+    let mut s = Solo::server(config_with(|c| c.max_inbound_buffered = 64 * KIB));
+    let flood = encode(&(0..N).map(|_| notify("n")).collect::<Vec<_>>());
+    let mut other = Pair::connected();
+    let (mut at, mut pauses, mut got, mut largest_read) = (0, 0, 0, 0);
+    while at < flood.len() {
+        if !s.conn.wants_read() {
+            pauses += 1;
+            // The driver serves someone else, then the application catches up.
+            let id = other.client.conn.request("echo", Bytes::new(), CallOptions::new(), other.now).unwrap();
+            other.drive();
+            let evs = other.server.take();
+            let [Event::Request(c)] = evs.as_slice() else { panic!("{evs:?}") };
+            other.server.conn.respond(c.id, Bytes::new()).unwrap();
+            other.drive();
+            assert_eq!(other.client.take(), [Event::Response { id, result: Ok(Bytes::new()) }]);
+            while let Some(e) = s.conn.poll_event() {
+                assert!(matches!(e, Event::Notification(_)));
+                got += 1;
+            }
+            continue;
+        }
+        let buf = s.conn.recv_buffer();
+        let n = (buf.capacity() - buf.len()).min(flood.len() - at);
+        buf.extend_from_slice(&flood[at..at + n]);
+        s.conn.handle_received(n, s.now);
+        largest_read = largest_read.max(n);
+        at += n;
+    }
+    got += std::iter::from_fn(|| s.conn.poll_event()).filter(|e| matches!(e, Event::Notification(_))).count();
+    assert_eq!(got, N as usize, "every notification processed");
+    assert!(pauses >= 2, "reading paused {pauses} times");
+    assert_eq!(s.conn.stats().reads_paused, pauses);
+    assert!(largest_read <= 64 * KIB, "one read took {largest_read} bytes");
+    assert_zero_state(&s.conn);
+}
+
+// ----------------------------------------------------------------------
+// Handshake / auth
+// ----------------------------------------------------------------------
+
+/// Case 16: any frame other than HELLO before the handshake completes: D
+/// (silent `UnexpectedFrame`), never dispatched: as the first frame, after
+/// HELLO before WELCOME, and to a client waiting for WELCOME.
+#[test]
+fn case16_non_handshake_frames_before_the_handshake_are_never_dispatched() {
+    let handshake_frames = [
+        welcome_of(&config()),
+        Frame::Reject(Reject {
+            code: Code::OK,
+            retry_after_ms: NO_HINT,
+            min_version: 1,
+            max_version: 1,
+            reason: Text::new(),
+        }),
+    ];
+    for f in non_handshake_frames().into_iter().chain(handshake_frames.clone()) {
+        let t = f.frame_type();
+        // First frame after the preamble.
+        let mut s = Solo::fresh_server(config());
+        s.feed_raw(&[PREAMBLE.to_vec(), encode(std::slice::from_ref(&f))].concat());
+        assert_silent_d(&mut s, ProtocolError::UnexpectedFrame { frame: t, reason: "the first frame must be HELLO" });
+        // After HELLO, before the application accepted: the HELLO was
+        // announced, the frame is not.
+        let mut s = Solo::fresh_server(config());
+        s.feed_raw(&[PREAMBLE.to_vec(), hello_bytes(), encode(std::slice::from_ref(&f))].concat());
+        let evs = s.take();
+        assert!(matches!(evs.as_slice(), [Event::HandshakeRequest(_), Event::Closed(_)]), "{evs:?}");
+        s.events = vec![evs[1].clone()];
+        assert_silent_d(
+            &mut s,
+            ProtocolError::UnexpectedFrame { frame: t, reason: "nothing may follow HELLO before WELCOME" },
+        );
+        assert_eq!(s.conn.accept(7), Err(SendError::Closed(s.conn.error().unwrap().clone())));
+    }
+    // The client: the server's first frame must be WELCOME or REJECT.
+    for f in non_handshake_frames().into_iter().chain([hello_of(&config())]) {
+        let mut c = Solo::fresh_client(config());
+        c.feed_raw(&[PREAMBLE.to_vec(), encode(std::slice::from_ref(&f))].concat());
+        assert_silent_d(
+            &mut c,
+            ProtocolError::UnexpectedFrame { frame: f.frame_type(), reason: "expected WELCOME or REJECT" },
+        );
+    }
+}
+
+/// Case 17: a second handshake frame after establishment: D
+/// (`UnexpectedFrame`, now with GOODBYE `PROTOCOL_ERROR`).
+#[test]
+fn case17_a_second_handshake_after_establishment_is_a_connection_error() {
+    let reject = Frame::Reject(Reject {
+        code: Code::AUTH_FAILED,
+        retry_after_ms: NO_HINT,
+        min_version: 1,
+        max_version: 1,
+        reason: Text::new(),
+    });
+    for f in [hello_of(&config()), welcome_of(&config()), reject] {
+        let e = ProtocolError::UnexpectedFrame { frame: f.frame_type(), reason: "the handshake happens once" };
+        let mut s = Solo::server(config());
+        s.feed(std::slice::from_ref(&f));
+        assert_d(&mut s, e.clone());
+        let mut c = Solo::client(config());
+        c.feed(std::slice::from_ref(&f));
+        assert_d(&mut c, e);
+    }
+    // With a call in flight, it fails once.
+    let mut s = Solo::server(config());
+    s.feed(&[request(1, "m", b""), hello_of(&config())]);
+    let e = ProtocolError::UnexpectedFrame { frame: FrameType::Hello, reason: "the handshake happens once" };
+    let evs = s.take();
+    assert!(matches!(evs.first(), Some(Event::Request(_))));
+    s.events = evs[1..].to_vec();
+    assert_d_after(
+        &mut s,
+        &[Event::CallCancelled {
+            id: RequestId(1),
+            reason: CancelReason::ConnectionLost(ConnectionError::Protocol(e.clone())),
+        }],
+        e,
+    );
+}
+
+/// Case 18: major version mismatch: one REJECT `VERSION_MISMATCH` listing
+/// the server's range (1..1), then close. wharf has no minor versions:
+/// a client offering a wider range is negotiated down to the highest common
+/// version.
+#[test]
+fn case18_version_mismatch_rejects_with_the_range_and_wider_ranges_negotiate_down() {
+    let hello = |min, max| {
+        let mut h = hello_of(&config());
+        if let Frame::Hello(Hello { min_version, max_version, .. }) = &mut h {
+            (*min_version, *max_version) = (min, max);
+        }
+        h
+    };
+    for (min, max) in [(2, 3), (0, 0), (3, 2), (u16::MAX, u16::MAX)] {
+        let mut s = Solo::fresh_server(config());
+        s.feed_raw(&[PREAMBLE.to_vec(), encode(&[hello(min, max)])].concat());
+        let err = ConnectionError::VersionMismatch { our_min: 1, our_max: 1, peer_min: min, peer_max: max };
+        assert_eq!(s.take(), [Event::Closed(err.clone())], "{min}..{max}");
+        assert_eq!(s.conn.error(), Some(&err));
+        assert_eq!(s.wrote[..8], PREAMBLE);
+        s.read = 8;
+        let sent = s.sent();
+        let [Frame::Reject(r)] = sent.as_slice() else { panic!("{sent:?}") };
+        assert_eq!((r.code, r.retry_after_ms, r.min_version, r.max_version), (Code::VERSION_MISMATCH, NO_HINT, 1, 1));
+        assert_zero_state(&s.conn);
+    }
+    // 1..=5: version 1 is used.
+    let mut s = Solo::fresh_server(config());
+    s.feed_raw(&[PREAMBLE.to_vec(), encode(&[hello(1, 5)])].concat());
+    let evs = s.take();
+    assert!(matches!(evs.as_slice(), [Event::HandshakeRequest(h)] if h.version == 1), "{evs:?}");
+    s.conn.accept(7).unwrap();
+    s.pump();
+    s.read = 8;
+    assert!(matches!(s.sent().as_slice(), [Frame::Welcome(w)] if w.version == 1));
+    assert_eq!(s.conn.version(), 1);
+
+    // A client given a version it did not offer: silent D.
+    let mut w = welcome_of(&config());
+    if let Frame::Welcome(w) = &mut w {
+        w.version = 2;
+    }
+    let mut c = Solo::fresh_client(config());
+    c.feed_raw(&[PREAMBLE.to_vec(), encode(&[w])].concat());
+    assert_silent_d(
+        &mut c,
+        ProtocolError::Malformed { frame: FrameType::Welcome, reason: "the server chose a version we did not offer" },
+    );
+    // A client told VERSION_MISMATCH learns the server's range.
+    let mut c = Solo::fresh_client(config());
+    let reject = Frame::Reject(Reject {
+        code: Code::VERSION_MISMATCH,
+        retry_after_ms: NO_HINT,
+        min_version: 4,
+        max_version: 6,
+        reason: Text::from("no common protocol version"),
+    });
+    c.feed_raw(&[PREAMBLE.to_vec(), encode(&[reject])].concat());
+    assert_silent(&mut c, ConnectionError::VersionMismatch { our_min: 1, our_max: 1, peer_min: 4, peer_max: 6 });
+}
+
+/// Case 19: an auth payload over 64 KiB (a HELLO over
+/// `max_handshake_size`): D from the header, silently, before the payload
+/// is read or allocated; exactly 64 KiB is accepted.
+#[test]
+fn case19_auth_payload_over_64_kib_is_refused_from_the_header() {
+    let hello_with_auth = |n: usize| {
+        let mut h = hello_of(&config());
+        if let Frame::Hello(Hello { auth, .. }) = &mut h {
+            *auth = Bytes::from(vec![0xa5; n]);
+        }
+        encode(&[h])
+    };
+    // Body = 26 fixed bytes + empty name + auth.
+    let over = hello_with_auth(64 * KIB - 26 + 1);
+    let mut s = Solo::fresh_server(config());
+    let ((), largest, _) = measure(|| s.conn.handle_input(&[&PREAMBLE[..], &over[..HEADER_LEN]].concat(), s.now));
+    s.pump();
+    assert!(largest <= 64 * KIB);
+    assert_silent_d(&mut s, ProtocolError::FrameTooLarge { frame: FrameType::Hello, len: 65537, limit: 65536 });
+    assert_eq!(s.conn.stats().frames_too_large, 1);
+    // The rest of it is not looked at.
+    s.feed_raw(&over[HEADER_LEN..]);
+    assert!(s.take().is_empty());
+
+    let exact = hello_with_auth(64 * KIB - 26);
+    let mut s = Solo::fresh_server(config());
+    s.feed_raw(&[PREAMBLE.to_vec(), exact].concat());
+    let evs = s.take();
+    assert!(matches!(evs.as_slice(), [Event::HandshakeRequest(h)] if h.auth.len() == 64 * KIB - 26), "{evs:?}");
+}
+
+/// Case 20: the auth payload asserts one identity, the transport another:
+/// the comparison (peer credentials against the payload) belongs to the
+/// server application and the adapter that reads the credentials; the core
+/// hands the payload over byte for byte and carries the application's
+/// REJECT `AUTH_FAILED` + close.
+#[test]
+fn case20_auth_mismatch_is_rejected_by_the_application_and_closed() {
+    let mut p = Pair::with_auth(config(), config(), Bytes::from_static(b"uid=0"));
+    p.auto_accept = None;
+    p.drive();
+    let evs = p.server.take();
+    let [Event::HandshakeRequest(h)] = evs.as_slice() else { panic!("{evs:?}") };
+    assert_eq!(h.auth.as_ref(), b"uid=0");
+    // The application compares with the kernel's answer (say uid 1000).
+    p.server.conn.reject(Code::AUTH_FAILED, "uid mismatch", None).unwrap();
+    p.drive();
+    assert_eq!(
+        p.server.take(),
+        [Event::Closed(ConnectionError::LocallyClosed { code: Code::AUTH_FAILED, message: "uid mismatch".into() })]
+    );
+    let frames = support::frames_of(&p.server.wrote);
+    assert!(matches!(frames.as_slice(), [Frame::Reject(r)] if r.code == Code::AUTH_FAILED), "{frames:?}");
+    let err = ConnectionError::Rejected { code: Code::AUTH_FAILED, reason: "uid mismatch".into(), retry_after: None };
+    assert_eq!(p.client.take(), [Event::Closed(err.clone())]);
+    assert_eq!(err.io_kind(), io::ErrorKind::PermissionDenied);
+    assert_zero_state(&p.server.conn);
+    assert_zero_state(&p.client.conn);
+}
+
+/// Case 21: repeated bad auth. One connection gets exactly one attempt:
+/// after REJECT it is closed and a retried HELLO is not even read, and a
+/// second HELLO before the answer is D. (Limiting attempts across
+/// connections, and comparing secrets in constant time, are the
+/// application's: the core compares no secret.)
+#[test]
+fn case21_one_auth_attempt_per_connection() {
+    let mut s = Solo::fresh_server(config());
+    s.feed_raw(&[PREAMBLE.to_vec(), hello_bytes()].concat());
+    assert!(matches!(s.take().as_slice(), [Event::HandshakeRequest(_)]));
+    s.conn.reject(Code::AUTH_FAILED, "bad token", None).unwrap();
+    s.pump();
+    assert_eq!(
+        s.take(),
+        [Event::Closed(ConnectionError::LocallyClosed { code: Code::AUTH_FAILED, message: "bad token".into() })]
+    );
+    s.read = 8;
+    assert!(matches!(s.sent().as_slice(), [Frame::Reject(r)] if r.code == Code::AUTH_FAILED));
+    // The client tries again on the same byte stream: ignored entirely.
+    s.feed_raw(&hello_bytes());
+    assert!(s.take().is_empty() && s.sent().is_empty());
+    assert_eq!(s.conn.stats().frames_received, 1);
+
+    // Two HELLOs in a row: the second is D, the first was announced.
+    let mut s = Solo::fresh_server(config());
+    s.feed_raw(&[PREAMBLE.to_vec(), hello_bytes(), hello_bytes()].concat());
+    let evs = s.take();
+    assert!(matches!(evs.first(), Some(Event::HandshakeRequest(_))));
+    s.events = evs[1..].to_vec();
+    assert_silent_d(
+        &mut s,
+        ProtocolError::UnexpectedFrame { frame: FrameType::Hello, reason: "nothing may follow HELLO before WELCOME" },
+    );
+}
+
+/// Case 22: handshake bytes dribbled one per second: D at
+/// `handshake_timeout` (10 s from creation, however much trickles in).
+/// 64 such peers do not keep a legitimate client from being served.
+#[test]
+fn case22_dribbled_handshakes_time_out_and_do_not_block_a_legitimate_client() {
+    let input = [PREAMBLE.to_vec(), hello_bytes()].concat();
+    let mut slow: Vec<Solo> = (0..64).map(|_| Solo::fresh_server(config())).collect();
+    let mut good = Pair::new(config(), config());
+    for second in 0..10u64 {
+        for s in &mut slow {
+            s.feed_raw(&input[second as usize..=second as usize]);
+            s.advance(Duration::from_secs(1));
+        }
+        if second == 4 {
+            // Meanwhile a legitimate client connects and is served.
+            good.drive();
+            assert!(good.client.conn.is_established() && good.server.conn.is_established());
+            let id = good.client.conn.request("echo", Bytes::new(), CallOptions::new(), good.now).unwrap();
+            good.drive();
+            let evs = good.server.take();
+            let Some(Event::Request(c)) = evs.last() else { panic!("{evs:?}") };
+            good.server.conn.respond(c.id, Bytes::new()).unwrap();
+            good.drive();
+            assert_eq!(good.client.take().last(), Some(&Event::Response { id, result: Ok(Bytes::new()) }));
+        }
+    }
+    for s in &mut slow {
+        assert_eq!(s.take(), [Event::Closed(ConnectionError::HandshakeTimeout(Duration::from_secs(10)))]);
+        assert_eq!(s.conn.stats().handshake_timeouts, 1);
+        // The whole preamble had arrived: REJECT HANDSHAKE_TIMEOUT.
+        s.read = 8;
+        assert!(matches!(s.sent().as_slice(), [Frame::Reject(r)] if r.code == Code::HANDSHAKE_TIMEOUT));
+        assert_zero_state(&s.conn);
+    }
+}
+
+// ----------------------------------------------------------------------
+// Correlation / state machine
+// ----------------------------------------------------------------------
+
+/// Case 23: id 0 where a non-zero id is required (and non-zero where 0 is
+/// required), and ids of the wrong parity: D (`BadId`).
+#[test]
+fn case23_reserved_ids_are_connection_errors() {
+    const NOT_ALLOWED: &str = "id not allowed for this frame type";
+    for t in ALL_TYPES {
+        let (min, _) = t.length_bounds();
+        let nonzero_required = !matches!(
+            t,
+            FrameType::Hello
+                | FrameType::Reject
+                | FrameType::Notify
+                | FrameType::Goodbye
+                | FrameType::Ping
+                | FrameType::Pong
+                | FrameType::Publish
+        );
+        let (bad, zero_required) = if nonzero_required {
+            (0, false)
+        } else if matches!(t, FrameType::Ping | FrameType::Pong | FrameType::Publish) {
+            continue; // any id (PUBLISH: see below)
+        } else {
+            (1, true)
+        };
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_header(min, ty(t), 0, 0, bad));
+        assert_d(&mut s, ProtocolError::BadId { frame: t, id: bad, reason: NOT_ALLOWED });
+        assert!(zero_required || bad == 0);
+    }
+    // PUBLISH: WANT_ACK exactly when the id is non-zero.
+    for (flags, id) in [(0x01u8, 0u64), (0x00, 1)] {
+        let mut s = Solo::server(config());
+        s.feed_raw(&raw_frame(ty(FrameType::Publish), flags, id, &str16(b"news/today")));
+        assert_d(&mut s, ProtocolError::BadId { frame: FrameType::Publish, id, reason: NOT_ALLOWED });
+    }
+    // A client-started operation with a server id (even), and the reverse.
+    let mut s = Solo::server(config());
+    s.feed(&[request(2, "m", b"")]);
+    assert_d(
+        &mut s,
+        ProtocolError::BadId { frame: FrameType::Request, id: 2, reason: "wrong parity for the sender's role" },
+    );
+    let mut c = Solo::client(config());
+    c.feed(&[request(1, "m", b"")]);
+    assert_d(
+        &mut c,
+        ProtocolError::BadId { frame: FrameType::Request, id: 1, reason: "wrong parity for the sender's role" },
+    );
+    // A HELLO with a non-zero id: silent.
+    let mut h = hello_bytes();
+    h[8] = 1;
+    let mut s = Solo::fresh_server(config());
+    s.feed_raw(&[PREAMBLE.to_vec(), h].concat());
+    assert_silent_d(&mut s, ProtocolError::BadId { frame: FrameType::Hello, id: 1, reason: NOT_ALLOWED });
+}
+
+/// Case 24: a duplicate request id while the first is in flight.
+/// PROTOCOL.md 8.1 picks D (ids must strictly increase, so a duplicate is a
+/// `BadId`): the duplicate is never dispatched, and the original, which
+/// cannot complete on a closed connection, gets exactly one outcome
+/// (`CallCancelled` with the error) instead of completing.
+#[test]
+fn case24_duplicate_request_id_in_flight_is_a_connection_error() {
+    let mut s = Solo::server(config());
+    s.feed(&[request(5, "first", b"a")]);
+    assert!(matches!(s.take().as_slice(), [Event::Request(c)] if c.id == RequestId(5)));
+    s.feed(&[request(5, "dup", b"b")]);
+    let e = ProtocolError::BadId { frame: FrameType::Request, id: 5, reason: "operation ids must increase" };
+    assert_d_after(
+        &mut s,
+        &[Event::CallCancelled {
+            id: RequestId(5),
+            reason: CancelReason::ConnectionLost(ConnectionError::Protocol(e.clone())),
+        }],
+        e,
+    );
+    assert_eq!(s.conn.stats().calls_received, 1);
+    assert!(matches!(s.conn.respond(RequestId(5), Bytes::new()), Err(SendError::Closed(_))));
+    assert_other_peer_served();
+}
