@@ -1448,3 +1448,413 @@ fn case24_duplicate_request_id_in_flight_is_a_connection_error() {
     assert!(matches!(s.conn.respond(RequestId(5), Bytes::new()), Err(SendError::Closed(_))));
     assert_other_peer_served();
 }
+
+/// Case 25: a response for an unknown id, on the client. PROTOCOL.md 8.3
+/// tells the two apart: an id never issued (or of the wrong parity) is D
+/// (`BadId`), an issued call that already ended (timed out, cancelled) is
+/// I (`late_responses_ignored`). Never a panic, never a mis-delivery: the
+/// call in flight is not given the stray payload.
+#[test]
+fn case25_response_for_an_unknown_id_is_fatal_and_for_an_ended_call_ignored() {
+    for stray in [5u64, 2, 4] {
+        let mut c = Solo::client(config());
+        let id = client_call(&mut c);
+        c.feed(&[Frame::Response { id: stray, payload: Bytes::from_static(b"not yours") }]);
+        let e = ProtocolError::BadId {
+            frame: FrameType::Response,
+            id: stray,
+            reason: "answers a call the receiver never made",
+        };
+        let lost = Event::Response { id, result: Err(CallError::ConnectionLost(ConnectionError::Protocol(e.clone()))) };
+        assert_d_after(&mut c, &[lost], e);
+    }
+    // Issued and ended: ignored and counted; the next call is unaffected.
+    let mut c = Solo::client(config());
+    let late =
+        c.conn.request("m", Bytes::new(), CallOptions::new().timeout(Timeout::After(Duration::from_secs(1))), c.now);
+    let late = late.unwrap();
+    c.advance(Duration::from_secs(1));
+    assert_eq!(c.take(), [Event::Response { id: late, result: Err(CallError::TimedOut(Duration::from_secs(1))) }]);
+    assert_eq!(c.sent().last(), Some(&Frame::Cancel { id: late.0 }));
+    let next = client_call(&mut c);
+    c.feed(&[Frame::Response { id: late.0, payload: Bytes::from_static(b"late") }]);
+    assert!(c.take().is_empty() && c.sent().is_empty());
+    assert_eq!(c.conn.stats().late_responses_ignored, 1);
+    c.feed(&[Frame::Response { id: next.0, payload: Bytes::from_static(b"mine") }]);
+    assert_eq!(c.take(), [Event::Response { id: next, result: Ok(Bytes::from_static(b"mine")) }]);
+    assert_zero_state(&c.conn);
+}
+
+/// Case 26: two responses (or a response and an error) for one id: the
+/// caller sees exactly one outcome, the first; the rest are I
+/// (`late_responses_ignored`).
+#[test]
+fn case26_second_response_for_the_same_id_is_ignored() {
+    let mut c = Solo::client(config());
+    let id = client_call(&mut c);
+    c.feed(&[
+        Frame::Response { id: id.0, payload: Bytes::from_static(b"one") },
+        Frame::Response { id: id.0, payload: Bytes::from_static(b"two") },
+        Frame::Error(ErrorBody { id: id.0, code: Code::INTERNAL, message: Text::from("three"), data: Bytes::new() }),
+    ]);
+    assert_eq!(c.take(), [Event::Response { id, result: Ok(Bytes::from_static(b"one")) }]);
+    assert_eq!(c.conn.stats().late_responses_ignored, 2);
+    assert!(c.sent().is_empty());
+    assert_zero_state(&c.conn);
+    let next = client_call(&mut c);
+    c.feed(&[Frame::Response { id: next.0, payload: Bytes::new() }]);
+    assert_eq!(c.take(), [Event::Response { id: next, result: Ok(Bytes::new()) }]);
+}
+
+/// Case 27: response-type frames in the wrong direction: a client
+/// "answering" calls the server never made, acknowledging or delivering;
+/// a server sending pub/sub commands; a callee sending END: all D.
+#[test]
+fn case27_frames_in_the_wrong_direction_are_connection_errors() {
+    const NEVER: &str = "answers a call the receiver never made";
+    // To the server.
+    let cases: Vec<(Frame, ProtocolError)> = vec![
+        (
+            Frame::Response { id: 1, payload: Bytes::new() },
+            ProtocolError::BadId { frame: FrameType::Response, id: 1, reason: NEVER },
+        ),
+        (
+            Frame::Error(ErrorBody { id: 2, code: Code::INTERNAL, message: Text::new(), data: Bytes::new() }),
+            ProtocolError::BadId { frame: FrameType::Error, id: 2, reason: NEVER },
+        ),
+        (
+            Frame::Ack { id: 2, status: Code::OK, value: 0 },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Ack, reason: "only servers acknowledge" },
+        ),
+        (
+            Frame::Message { subscription: 1, topic: Text::from("t"), payload: Bytes::new() },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Message, reason: "only servers deliver" },
+        ),
+        (
+            Frame::Lagged { subscription: 1, dropped: 3 },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Lagged, reason: "only servers deliver" },
+        ),
+    ];
+    for (f, e) in cases {
+        let mut s = Solo::server(config());
+        s.feed(&[f]);
+        assert_d(&mut s, e);
+    }
+    // To the client.
+    let cases: Vec<(Frame, ProtocolError)> = vec![
+        (
+            Frame::Subscribe { id: 2, topic: Text::from("t"), prefix: false, policy: SlowConsumerPolicy::DropOldest },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Subscribe, reason: "only clients subscribe" },
+        ),
+        (
+            Frame::Unsubscribe { id: 2, subscription: 1 },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Unsubscribe, reason: "only clients unsubscribe" },
+        ),
+        (
+            Frame::Publish { id: 0, topic: Text::from("t"), payload: Bytes::new() },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Publish, reason: "only clients publish over the wire" },
+        ),
+    ];
+    for (f, e) in cases {
+        let mut c = Solo::client(config());
+        c.feed(&[f]);
+        assert_d(&mut c, e);
+    }
+    // END from the callee, on the caller's client-stream call.
+    let mut c = Solo::client(config());
+    let id = c.conn.request("up", Bytes::new(), CallOptions::new().kind(CallKind::ClientStream), c.now).unwrap();
+    c.pump();
+    c.sent();
+    c.feed(&[Frame::End { id: id.0 }]);
+    let e = ProtocolError::Stream { id: id.0, reason: "only the caller sends END" };
+    let lost = Event::Response { id, result: Err(CallError::ConnectionLost(ConnectionError::Protocol(e.clone()))) };
+    assert_d_after(&mut c, &[lost], e);
+}
+
+/// Case 28: request number 129 with `max_in_flight` = 128: E (`BUSY`) on
+/// its id, not dispatched, not queued; once a call finishes a new one is
+/// served.
+#[test]
+fn case28_request_over_max_in_flight_gets_busy_and_is_not_queued() {
+    let mut s = Solo::server(config());
+    assert_eq!(s.conn.config().max_in_flight, 128);
+    let frames: Vec<Frame> = (0..129).map(|i| request(2 * i + 1, "slow", b"")).collect();
+    s.feed(&frames);
+    let evs = s.take();
+    assert_eq!(evs.len(), 128);
+    assert!(evs.iter().all(|e| matches!(e, Event::Request(c) if c.id.0 < 257)));
+    let sent = s.sent();
+    let [Frame::Error(e)] = sent.as_slice() else { panic!("{sent:?}") };
+    assert_eq!((e.id, e.code), (257, Code::BUSY));
+    assert_eq!(s.conn.stats().calls_refused_busy, 1);
+    assert_eq!(s.conn.calls_being_served(), 128);
+    // Finish one; the next call is dispatched.
+    s.conn.respond(RequestId(1), Bytes::new()).unwrap();
+    s.pump();
+    s.sent();
+    assert_serves(&mut s, 259);
+    for i in 1..128 {
+        s.conn.respond(RequestId(2 * i + 1), Bytes::new()).unwrap();
+    }
+    s.pump();
+    assert_eq!(s.sent().len(), 127);
+    assert_zero_state(&s.conn);
+}
+
+/// Case 29: CANCEL for an already finished call: I
+/// (`stale_frames_ignored`); for an id never issued PROTOCOL.md 9.5 picks
+/// D (`BadId`). CANCEL racing the response: exactly one outcome each side.
+#[test]
+fn case29_cancel_for_finished_calls_is_ignored_and_racing_cancel_has_one_outcome() {
+    let mut s = Solo::server(config());
+    s.feed(&[request(1, "m", b"")]);
+    s.take();
+    s.conn.respond(RequestId(1), Bytes::new()).unwrap();
+    s.pump();
+    s.sent();
+    s.feed(&[Frame::Cancel { id: 1 }, Frame::Cancel { id: 1 }]);
+    assert!(s.take().is_empty() && s.sent().is_empty());
+    assert_eq!(s.conn.stats().stale_frames_ignored, 2);
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, 3);
+    s.feed(&[Frame::Cancel { id: 9 }]);
+    assert_d(
+        &mut s,
+        ProtocolError::BadId { frame: FrameType::Cancel, id: 9, reason: "cancels a call that was never made" },
+    );
+
+    // The race: the response and the CANCEL cross on the wire.
+    let mut p = Pair::connected();
+    let id = p.client.conn.request("m", Bytes::new(), CallOptions::new(), p.now).unwrap();
+    p.drive();
+    assert!(matches!(p.server.take().as_slice(), [Event::Request(_)]));
+    p.server.conn.respond(id, Bytes::from_static(b"answer")).unwrap();
+    p.client.conn.cancel(id).unwrap();
+    p.drive();
+    assert_eq!(p.client.take(), [Event::Response { id, result: Err(CallError::Cancelled) }]);
+    assert!(p.server.take().is_empty(), "the CANCEL is late for the server");
+    assert_eq!(p.client.conn.stats().late_responses_ignored, 1);
+    assert_eq!(p.server.conn.stats().stale_frames_ignored, 1);
+    assert_zero_state(&p.client.conn);
+    assert_zero_state(&p.server.conn);
+}
+
+/// Case 30: stream frames for an unknown stream (D, `BadId`), for a closed
+/// one (I, `stale_frames_ignored`), DATA after END and END twice (D,
+/// `Stream`), DATA in a direction the call kind does not carry (D).
+#[test]
+fn case30_stream_frames_for_unknown_closed_and_finished_streams() {
+    const NEVER: &str = "no such stream was ever opened";
+    let upload = request_kind(1, CallKind::ClientStream, "up", b"");
+    let lost = |e: &ProtocolError| Event::CallCancelled {
+        id: RequestId(1),
+        reason: CancelReason::ConnectionLost(ConnectionError::Protocol(e.clone())),
+    };
+    // Unknown.
+    for (f, t) in
+        [(Frame::Data { id: 7, payload: Bytes::new() }, FrameType::Data), (Frame::End { id: 7 }, FrameType::End)]
+    {
+        let mut s = Solo::server(config());
+        s.feed(&[f]);
+        assert_d(&mut s, ProtocolError::BadId { frame: t, id: 7, reason: NEVER });
+    }
+    // DATA after END.
+    let mut s = Solo::server(config());
+    s.feed(&[upload.clone(), Frame::Data { id: 1, payload: Bytes::from_static(b"a") }, Frame::End { id: 1 }]);
+    assert_eq!(s.take().len(), 3);
+    s.feed(&[Frame::Data { id: 1, payload: Bytes::from_static(b"b") }]);
+    let e = ProtocolError::Stream { id: 1, reason: "DATA after END" };
+    assert_d_after(&mut s, &[lost(&e)], e);
+    // END twice.
+    let mut s = Solo::server(config());
+    s.feed(&[upload.clone(), Frame::End { id: 1 }]);
+    assert_eq!(s.take().len(), 2);
+    s.feed(&[Frame::End { id: 1 }]);
+    let e = ProtocolError::Stream { id: 1, reason: "END sent twice" };
+    assert_d_after(&mut s, &[lost(&e)], e);
+    // DATA on a unary call.
+    let mut s = Solo::server(config());
+    s.feed(&[request(1, "m", b"")]);
+    s.take();
+    s.feed(&[Frame::Data { id: 1, payload: Bytes::new() }]);
+    let e = ProtocolError::Stream { id: 1, reason: "the caller may not send DATA" };
+    assert_d_after(&mut s, &[lost(&e)], e);
+    // Closed (answered) stream: DATA, END and CREDIT are late.
+    let mut s = Solo::server(config());
+    s.feed(&[upload]);
+    s.take();
+    s.conn.respond(RequestId(1), Bytes::new()).unwrap();
+    s.pump();
+    s.sent();
+    s.feed(&[
+        Frame::Data { id: 1, payload: Bytes::from_static(b"late") },
+        Frame::End { id: 1 },
+        Frame::Credit { id: 1, increment: 5 },
+    ]);
+    assert!(s.take().is_empty() && s.sent().is_empty());
+    assert_eq!(s.conn.stats().stale_frames_ignored, 3);
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, 3);
+}
+
+/// Case 31: more stream bytes than granted (D, `CreditExceeded`) and
+/// CREDIT pushing a window above 2^31 - 1 (D, `CreditOverflow`).
+#[test]
+fn case31_stream_credit_overflow_is_a_connection_error() {
+    // The server grants 16 bytes per stream.
+    let mut s = Solo::server(config_with(|c| c.initial_stream_window = 16));
+    s.feed(&[
+        request_kind(1, CallKind::ClientStream, "up", b""),
+        Frame::Data { id: 1, payload: Bytes::from(vec![1; 10]) },
+        // 6 left: one message may overshoot...
+        Frame::Data { id: 1, payload: Bytes::from(vec![2; 100]) },
+    ]);
+    assert_eq!(s.take().len(), 3);
+    // ...but nothing may follow without CREDIT.
+    s.feed(&[Frame::Data { id: 1, payload: Bytes::new() }]);
+    let e = ProtocolError::CreditExceeded { id: 1 };
+    let lost = |e: &ProtocolError| Event::CallCancelled {
+        id: RequestId(1),
+        reason: CancelReason::ConnectionLost(ConnectionError::Protocol(e.clone())),
+    };
+    assert_d_after(&mut s, &[lost(&e)], e);
+
+    // The client granted 256 KiB for the server's DATA; CREDIT up to
+    // exactly 2^31 - 1 is fine, one more byte is not.
+    let mut s = Solo::server(config());
+    let window = i64::from(config().initial_stream_window);
+    s.feed(&[
+        request_kind(1, CallKind::ServerStream, "down", b""),
+        Frame::Credit { id: 1, increment: u32::try_from(i64::from(i32::MAX) - window).unwrap() },
+    ]);
+    assert_eq!(s.take().len(), 1);
+    s.feed(&[Frame::Credit { id: 1, increment: 1 }]);
+    let e = ProtocolError::CreditOverflow { id: 1 };
+    assert_d_after(&mut s, &[lost(&e)], e);
+    // And the largest increment at once.
+    let mut s = Solo::server(config());
+    s.feed(&[request_kind(1, CallKind::Bidi, "both", b""), Frame::Credit { id: 1, increment: u32::MAX }]);
+    let evs = s.take();
+    assert!(matches!(evs.first(), Some(Event::Request(_))));
+    s.events = evs[1..].to_vec();
+    let e = ProtocolError::CreditOverflow { id: 1 };
+    assert_d_after(&mut s, &[lost(&e)], e);
+}
+
+/// Case 32: SUBSCRIBE with an oversize topic (E `INVALID_TOPIC`),
+/// subscription number 513 (E `TOO_MANY_SUBSCRIPTIONS`), UNSUBSCRIBE of an
+/// unknown subscription: PROTOCOL.md 11.3 answers it E
+/// (`UNKNOWN_SUBSCRIPTION`) rather than the reference's I, so that every
+/// operation gets its one ACK.
+#[test]
+fn case32_subscription_limits_and_unknown_unsubscribe() {
+    let mut s = Solo::server(config());
+    let ack = |s: &mut Solo, id: u64, status: Code| {
+        let sent = s.sent();
+        assert_eq!(sent, [Frame::Ack { id, status, value: 0 }], "ACK for {id}");
+    };
+    for (id, n) in [(1u64, 1025usize), (3, usize::from(u16::MAX))] {
+        let topic = Text::from("t".repeat(n));
+        s.feed(&[Frame::Subscribe { id, topic, prefix: false, policy: SlowConsumerPolicy::DropOldest }]);
+        assert!(s.take().is_empty(), "not dispatched");
+        ack(&mut s, id, Code::INVALID_TOPIC);
+    }
+    assert_eq!(s.conn.stats().subscriptions_refused, 2);
+    let mut next = 5;
+    for i in 0..512 {
+        let topic = Text::from(format!("topic/{i}"));
+        s.feed(&[Frame::Subscribe { id: next, topic, prefix: false, policy: SlowConsumerPolicy::DropOldest }]);
+        let evs = s.take();
+        assert!(matches!(evs.as_slice(), [Event::Subscribe { id, .. }] if id.0 == next));
+        s.conn.accept_subscription(SubscriptionId(next)).unwrap();
+        s.pump();
+        ack(&mut s, next, Code::OK);
+        next += 2;
+    }
+    let first_sub = 5;
+    let topic = Text::from("one/too/many");
+    s.feed(&[Frame::Subscribe { id: next, topic, prefix: false, policy: SlowConsumerPolicy::DropOldest }]);
+    assert!(s.take().is_empty());
+    ack(&mut s, next, Code::TOO_MANY_SUBSCRIPTIONS);
+    assert_eq!(s.conn.subscription_count(), 512);
+    assert_eq!(s.conn.stats().subscriptions_refused, 3);
+    next += 2;
+    // The refused subscription does not exist; nor does one never made.
+    for subscription in [next - 2, 999_999] {
+        s.feed(&[Frame::Unsubscribe { id: next, subscription }]);
+        assert!(s.take().is_empty());
+        ack(&mut s, next, Code::UNKNOWN_SUBSCRIPTION);
+        next += 2;
+    }
+    // Every real one goes away again.
+    for i in 0..512 {
+        s.feed(&[Frame::Unsubscribe { id: next, subscription: first_sub + 2 * i }]);
+        assert_eq!(s.take(), [Event::Unsubscribe { id: SubscriptionId(first_sub + 2 * i) }]);
+        ack(&mut s, next, Code::OK);
+        next += 2;
+    }
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, next);
+}
+
+/// Case 33: publish (or subscribe, or call) where this peer's policy
+/// forbids it: E (`ACCESS_DENIED`). The policy is the server
+/// application's (the core knows no ACL); the core hands each operation to
+/// it undispatched elsewhere and carries the refusal on the same id.
+#[test]
+fn case33_forbidden_publish_subscribe_and_call_get_access_denied() {
+    let mut s = Solo::server(config());
+    s.feed(&[Frame::Publish { id: 1, topic: Text::from("admin/reboot"), payload: Bytes::from_static(b"now") }]);
+    let evs = s.take();
+    let [Event::Publish { ack: Some(pid), .. }] = evs.as_slice() else { panic!("{evs:?}") };
+    s.conn.ack_publish(*pid, Err(Code::ACCESS_DENIED)).unwrap();
+    s.feed(&[Frame::Subscribe {
+        id: 3,
+        topic: Text::from("admin/"),
+        prefix: true,
+        policy: SlowConsumerPolicy::DropOldest,
+    }]);
+    assert!(matches!(s.take().as_slice(), [Event::Subscribe { id, .. }] if id.0 == 3));
+    s.conn.refuse_subscription(SubscriptionId(3), Code::ACCESS_DENIED).unwrap();
+    s.feed(&[request(5, "admin.reboot", b"")]);
+    assert!(matches!(s.take().as_slice(), [Event::Request(c)] if c.id.0 == 5));
+    s.conn.respond_error(RequestId(5), Code::ACCESS_DENIED, "not allowed", Bytes::new()).unwrap();
+    s.pump();
+    assert_eq!(
+        s.sent(),
+        [
+            Frame::Ack { id: 1, status: Code::ACCESS_DENIED, value: 0 },
+            Frame::Ack { id: 3, status: Code::ACCESS_DENIED, value: 0 },
+            Frame::Error(ErrorBody {
+                id: 5,
+                code: Code::ACCESS_DENIED,
+                message: Text::from("not allowed"),
+                data: Bytes::new()
+            }),
+        ]
+    );
+    assert_zero_state(&s.conn);
+    assert_serves(&mut s, 7);
+
+    // End to end, the client sees each refusal on its own operation.
+    let mut p = Pair::connected();
+    let pid = p.client.conn.publish("admin/reboot", Bytes::new(), true).unwrap().unwrap();
+    let sid = p.client.conn.subscribe("admin/", SubscribeOptions { prefix: true, ..Default::default() }).unwrap();
+    p.drive();
+    for e in p.server.take() {
+        match e {
+            Event::Publish { ack: Some(id), .. } => p.server.conn.ack_publish(id, Err(Code::ACCESS_DENIED)).unwrap(),
+            Event::Subscribe { id, .. } => p.server.conn.refuse_subscription(id, Code::ACCESS_DENIED).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+    p.drive();
+    assert_eq!(
+        p.client.take(),
+        [
+            Event::PublishResult { id: pid, result: Err(AckError::Refused(Code::ACCESS_DENIED)) },
+            Event::SubscribeResult { id: sid, result: Err(AckError::Refused(Code::ACCESS_DENIED)) },
+        ]
+    );
+    assert_zero_state(&p.client.conn);
+}
