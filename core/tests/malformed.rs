@@ -58,7 +58,7 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Pair, Solo, config, decode_all, encode, hello_of, raw_frame, raw_header, str16, welcome_of};
+use support::{Pair, Solo, config, encode, hello_of, raw_frame, raw_header, str16, welcome_of};
 use wharf_core::wire::{
     ErrorBody, Frame, FrameType, Goodbye, HEADER_LEN, Hello, MAX_FRAME_SIZE_CEILING, NO_HINT, Notify, PREAMBLE, Reject,
     Request,
@@ -996,7 +996,7 @@ fn case14_one_byte_reads_decode_the_same_as_one_read() {
     let run = |chunk: Option<usize>, zero_copy: bool| {
         let conn = Connection::server(Arc::new(config()), t0).unwrap();
         let mut s = Solo { conn, now: t0, events: vec![], wrote: vec![], read: 0 };
-        let mut feed = |s: &mut Solo, bytes: &[u8]| {
+        let feed = |s: &mut Solo, bytes: &[u8]| {
             let step = chunk.unwrap_or(bytes.len()).max(1);
             for part in bytes.chunks(step) {
                 if zero_copy {
@@ -1857,4 +1857,269 @@ fn case33_forbidden_publish_subscribe_and_call_get_access_denied() {
         ]
     );
     assert_zero_state(&p.client.conn);
+}
+
+// ----------------------------------------------------------------------
+// Transport / syscalls, injected through the sans-IO boundary
+// ----------------------------------------------------------------------
+
+/// How a [`session`] moves bytes.
+#[derive(Clone, Copy)]
+enum Transport {
+    /// Every write takes everything, every read delivers everything.
+    Clean,
+    /// Writes accept one byte, every other write makes no progress
+    /// (`WouldBlock`, `EINTR`: `advance_transmit(0)`); reads deliver one
+    /// byte, every other read delivers nothing (`EINTR`: an empty
+    /// `handle_input` / `handle_received(0)`).
+    Hostile,
+}
+
+/// A scripted session (handshake, three calls, a notification, a ping, a
+/// graceful close) over `t`; returns what each side wrote and its events.
+fn session(t: Transport, t0: Instant) -> [(Vec<u8>, Vec<Event>); 2] {
+    let cfg = Arc::new(config());
+    let mut sides = [
+        Connection::client(cfg.clone(), Bytes::from_static(b"token"), t0).unwrap(),
+        Connection::server(cfg, t0).unwrap(),
+    ];
+    let mut wrote: [Vec<u8>; 2] = [vec![], vec![]];
+    let mut events: [Vec<Event>; 2] = [vec![], vec![]];
+    let mut pipes: [Vec<u8>; 2] = [vec![], vec![]]; // pipes[i]: bytes to side i
+    let mut tick = 0u64;
+    let mut responses = 0;
+    for _ in 0..1_000_000 {
+        tick += 1;
+        let hiccup = matches!(t, Transport::Hostile) && tick.is_multiple_of(2);
+        let mut moved = false;
+        for i in 0..2 {
+            let conn = &mut sides[i];
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = conn.transmit_slices(t0, &mut slices);
+            let mut buf = Vec::new();
+            for s in &slices[..n] {
+                buf.extend_from_slice(s);
+            }
+            let take = match t {
+                Transport::Clean => buf.len(),
+                Transport::Hostile if hiccup => 0,
+                Transport::Hostile => buf.len().min(1),
+            };
+            conn.advance_transmit(take, t0);
+            wrote[i].extend_from_slice(&buf[..take]);
+            pipes[1 - i].extend_from_slice(&buf[..take]);
+            moved |= take > 0;
+        }
+        for i in 0..2 {
+            let conn = &mut sides[i];
+            let take = match t {
+                Transport::Clean => pipes[i].len(),
+                Transport::Hostile if hiccup => 0,
+                Transport::Hostile => pipes[i].len().min(1),
+            };
+            let data: Vec<u8> = pipes[i].drain(..take).collect();
+            if tick % 4 < 2 {
+                conn.handle_input(&data, t0);
+            } else {
+                conn.recv_buffer().extend_from_slice(&data);
+                conn.handle_received(data.len(), t0);
+            }
+            moved |= take > 0;
+            while let Some(e) = conn.poll_event() {
+                moved = true;
+                match (&e, i) {
+                    (Event::Connected(_), 0) => {
+                        // The PING first: then how reads are cut cannot
+                        // change where the server's PONG lands among its
+                        // responses, and the output can be compared bytewise.
+                        conn.ping(t0).unwrap();
+                        for p in [&b"a"[..], b"bb", b"ccc"] {
+                            conn.request("echo", Bytes::copy_from_slice(p), CallOptions::new(), t0).unwrap();
+                        }
+                        conn.notify("log", Bytes::from_static(b"n"), CallOptions::new()).unwrap();
+                    }
+                    (Event::Response { .. }, 0) => {
+                        responses += 1;
+                        if responses == 3 {
+                            conn.close(Code::OK, "done", None, t0);
+                        }
+                    }
+                    (Event::HandshakeRequest(_), 1) => conn.accept(7).unwrap(),
+                    (Event::Request(c), 1) => conn.respond(c.id, c.payload.clone()).unwrap(),
+                    _ => {}
+                }
+                events[i].push(e);
+            }
+        }
+        if !moved && !hiccup && sides.iter().all(Connection::is_closed) {
+            break;
+        }
+    }
+    let [w0, w1] = wrote;
+    let [e0, e1] = events;
+    [(w0, e0), (w1, e1)]
+}
+
+/// Case 34: partial writes (1 byte accepted), no progress on every other
+/// write or read (`WouldBlock`, `EINTR`), 1-byte reads, alternating input
+/// paths: byte-identical output and identical events.
+#[test]
+fn case34_partial_writes_and_interrupted_io_give_byte_identical_results() {
+    let t0 = Instant::now();
+    let clean = session(Transport::Clean, t0);
+    let hostile = session(Transport::Hostile, t0);
+    // The session really ran to its end.
+    let [(_, client_events), (_, server_events)] = &clean;
+    assert_eq!(client_events.iter().filter(|e| matches!(e, Event::Response { result: Ok(_), .. })).count(), 3);
+    assert!(matches!(client_events.last(), Some(Event::Closed(ConnectionError::LocallyClosed { .. }))));
+    assert!(matches!(server_events.last(), Some(Event::Closed(ConnectionError::PeerClosed { .. }))));
+    assert!(server_events.iter().any(|e| matches!(e, Event::Notification(_))));
+    assert!(client_events.iter().any(|e| matches!(e, Event::Pong { .. })));
+    assert_eq!(hostile[0].0, clean[0].0, "client bytes");
+    assert_eq!(hostile[1].0, clean[1].0, "server bytes");
+    assert_eq!(hostile[0].1, clean[0].1, "client events");
+    assert_eq!(hostile[1].1, clean[1].1, "server events");
+}
+
+/// Case 35: `ECONNRESET` / `EPIPE` in the middle of a frame, in both
+/// directions; EOF in the middle of a frame; the peer's half-close while
+/// responses are pending: what was already queued is still written, what
+/// was not answered fails, and every caller has exactly one outcome.
+#[test]
+fn case35_reset_mid_frame_and_half_close_with_pending_responses() {
+    // A server reset in the middle of a REQUEST, with a PONG queued.
+    let mut s = Solo::server(config());
+    s.conn.handle_input(&encode(&[Frame::Ping { id: 1 }]), s.now);
+    assert!(s.conn.transmit_len() > 0);
+    let req = encode(&[request(1, "echo", b"hello")]);
+    s.conn.handle_input(&req[..req.len() - 3], s.now);
+    let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+    s.conn.handle_transport_error(&reset, s.now);
+    assert_eq!(s.conn.transmit_len(), 0, "nothing can be written any more");
+    s.pump();
+    assert_eq!(s.take(), [Event::Closed(ConnectionError::transport(&reset))]);
+    assert!(s.sent().is_empty());
+    assert_zero_state(&s.conn);
+
+    // A client with two calls: one answer whole, the other half, then EPIPE.
+    let mut c = Solo::client(config());
+    let (a, b) = (client_call(&mut c), client_call(&mut c));
+    let answers = encode(&[
+        Frame::Response { id: a.0, payload: Bytes::from_static(b"A") },
+        Frame::Response { id: b.0, payload: Bytes::from_static(b"B") },
+    ]);
+    c.feed_raw(&answers[..answers.len() - 1]);
+    let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
+    c.conn.handle_transport_error(&pipe, c.now);
+    c.pump();
+    let err = ConnectionError::transport(&pipe);
+    assert_eq!(
+        c.take(),
+        [
+            Event::Response { id: a, result: Ok(Bytes::from_static(b"A")) },
+            Event::Response { id: b, result: Err(CallError::ConnectionLost(err.clone())) },
+            Event::Closed(err),
+        ]
+    );
+    assert_zero_state(&c.conn);
+
+    // EOF in the middle of a response, on the client.
+    let mut c = Solo::client(config());
+    let a = client_call(&mut c);
+    let answer = encode(&[Frame::Response { id: a.0, payload: Bytes::from_static(b"AAAA") }]);
+    c.feed_raw(&answer[..HEADER_LEN + 2]);
+    c.eof();
+    let err = ConnectionError::UnexpectedEof { mid_frame: true };
+    assert_eq!(
+        c.take(),
+        [Event::Response { id: a, result: Err(CallError::ConnectionLost(err.clone())) }, Event::Closed(err)]
+    );
+
+    // Half-close: the client shuts down its sending side with two calls
+    // pending; the server had answered one (queued, not yet written).
+    let mut p = Pair::connected();
+    let a = p.client.conn.request("a", Bytes::new(), CallOptions::new(), p.now).unwrap();
+    let b = p.client.conn.request("b", Bytes::new(), CallOptions::new(), p.now).unwrap();
+    p.drive();
+    assert_eq!(p.server.take().len(), 2);
+    p.server.conn.respond(a, Bytes::from_static(b"A")).unwrap();
+    p.server.conn.handle_eof(p.now); // the client's shutdown(WR) arrives
+    let eof = ConnectionError::UnexpectedEof { mid_frame: false };
+    assert!(p.server.conn.transmit_len() > 0, "the queued response is still to be written");
+    assert!(matches!(p.server.conn.respond(b, Bytes::new()), Err(SendError::Closed(_))));
+    p.drive(); // the server writes what it had queued, the client reads it
+    assert_eq!(
+        p.server.take(),
+        [Event::CallCancelled { id: b, reason: CancelReason::ConnectionLost(eof.clone()) }, Event::Closed(eof.clone())]
+    );
+    assert_eq!(p.client.take(), [Event::Response { id: a, result: Ok(Bytes::from_static(b"A")) }]);
+    p.server_eof(); // then the server closes the transport
+    assert_eq!(
+        p.client.take(),
+        [Event::Response { id: b, result: Err(CallError::ConnectionLost(eof.clone())) }, Event::Closed(eof)]
+    );
+    assert_zero_state(&p.client.conn);
+    assert_zero_state(&p.server.conn);
+}
+
+/// Case 37: a peer that never reads its responses. Commands return
+/// `Blocked` at `max_outbound_buffered` (B), reading stops at twice that
+/// (B: `wants_read` false, however many PINGs it sends), memory stays
+/// bounded, and after `write_stall_timeout` without progress the
+/// connection ends (D, `PeerNotReading`) and frees its queue.
+#[test]
+fn case37_peer_that_never_reads_is_blocked_then_disconnected_with_flat_memory() {
+    let limit = 64 * KIB;
+    let mut s = Solo::server(config_with(|c| {
+        c.max_outbound_buffered = limit;
+        c.keepalive_interval = None;
+    }));
+    let (conn, now) = (&mut s.conn, s.now);
+    let big = Bytes::from(vec![0x5a; 16 * KIB]);
+    let mut id = 1;
+    let blocked = loop {
+        conn.handle_input(&encode(&[request(id, "get", b"")]), now);
+        assert!(matches!(conn.poll_event(), Some(Event::Request(c)) if c.id.0 == id));
+        match conn.respond(RequestId(id), big.clone()) {
+            Ok(()) => id += 2,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(blocked, SendError::Blocked { limit: l, .. } if l == limit), "{blocked:?}");
+    assert_eq!(conn.stats().outbound_blocked, 1);
+    assert_eq!(conn.calls_being_served(), 1, "the unanswered call is still the application's");
+    // The peer keeps sending PINGs; each PONG adds 16 bytes until reading stops.
+    let pings = encode(&(0..256).map(|i| Frame::Ping { id: i }).collect::<Vec<_>>());
+    let mut fed = 0;
+    while conn.wants_read() {
+        conn.handle_input(&pings, now);
+        fed += 1;
+        assert!(fed < 1_000, "reading never paused");
+    }
+    assert!(conn.transmit_len() >= 2 * limit);
+    assert!(conn.transmit_len() <= 2 * limit + pings.len() + 16 * KIB, "queue grew to {}", conn.transmit_len());
+    assert_eq!(conn.stats().reads_paused, 1);
+    // The driver tries to write; the socket takes nothing.
+    let mut slices = [IoSlice::new(&[]); 4];
+    assert!(conn.transmit_slices(now, &mut slices) > 0);
+    conn.advance_transmit(0, now);
+    let queued = conn.transmit_len();
+    // Time passes; the driver never gets to write (no `pump` here).
+    conn.handle_timeout(now + Duration::from_secs(29));
+    assert!(conn.is_established());
+    conn.handle_timeout(now + Duration::from_secs(30));
+    let err = ConnectionError::PeerNotReading { stalled: Duration::from_secs(30), queued };
+    assert_eq!(s.conn.error(), Some(&err));
+    assert_eq!(s.conn.transmit_len(), 0, "the queue is freed; no GOODBYE for a peer that does not read");
+    assert_eq!(s.conn.stats().write_stalls, 1);
+    let evs: Vec<Event> = std::iter::from_fn(|| s.conn.poll_event()).collect();
+    assert_eq!(
+        evs,
+        [
+            Event::CallCancelled { id: RequestId(id), reason: CancelReason::ConnectionLost(err.clone()) },
+            Event::Closed(err)
+        ]
+    );
+    assert_zero_state(&s.conn);
+    assert_other_peer_served();
 }
