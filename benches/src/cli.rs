@@ -49,6 +49,8 @@ mod sys;
 #[cfg(unix)]
 mod tokio_echo;
 #[cfg(unix)]
+mod wharf_mio;
+#[cfg(unix)]
 mod wharf_tokio;
 
 /// The error type of every role and of the orchestrator.

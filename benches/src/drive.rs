@@ -1,5 +1,5 @@
-//! Client loops on tokio shared by the tokio-based clients (wharf, tarpc):
-//! back-to-back calls for latency, and N tasks calling for throughput.
+//! Client loops shared by the clients: back-to-back calls for latency
+//! (on tokio, and blocking), and N tasks calling for throughput.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +28,25 @@ where
             break;
         }
         call().await?;
+        lat.record(t0, Instant::now());
+    }
+    Ok(lat.finish())
+}
+
+/// [`back_to_back`] for blocking clients (raw std, the wharf-mio client).
+pub fn back_to_back_blocking(timing: Timing, mut call: impl FnMut() -> Result<()>) -> Result<Vec<Metric>> {
+    let warm_end = Instant::now() + timing.warmup;
+    while Instant::now() < warm_end {
+        call()?;
+    }
+    let mut lat = Latencies::start();
+    let end = Instant::now() + timing.measure;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        call()?;
         lat.record(t0, Instant::now());
     }
     Ok(lat.finish())

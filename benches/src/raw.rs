@@ -80,21 +80,7 @@ pub fn pingpong(p: &Params) -> Result<Vec<Metric>> {
         Ok(())
     };
 
-    let warm_end = Instant::now() + timing.warmup;
-    while Instant::now() < warm_end {
-        call(&mut s)?;
-    }
-    let mut lat = Latencies::start();
-    let end = Instant::now() + timing.measure;
-    loop {
-        let t0 = Instant::now();
-        if t0 >= end {
-            break;
-        }
-        call(&mut s)?;
-        lat.record(t0, Instant::now());
-    }
-    Ok(lat.finish())
+    crate::drive::back_to_back_blocking(timing, || call(&mut s))
 }
 
 /// What the window client's two threads share.

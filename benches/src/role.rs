@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::stats::{Metric, Timing};
-use crate::{Result, affinity, idle, pubsub, raw, tokio_echo, wharf_tokio};
+use crate::{Result, affinity, idle, pubsub, raw, tokio_echo, wharf_mio, wharf_tokio};
 
 /// How a role process is started: its name and parameters.
 #[derive(Clone, Debug)]
@@ -104,6 +104,7 @@ pub fn run(name: &str, p: &Params) -> Result<()> {
         "tokio-echo-server" => tokio_echo::echo_server(p),
         "wharf-tokio-echo-server" => wharf_tokio::echo_server(p),
         "wharf-tokio-pub-server" => pubsub::pub_server(p),
+        "wharf-mio-echo-server" => wharf_mio::echo_server(p),
         // clients
         "raw-pingpong" => report(raw::pingpong(p)?),
         "raw-window" => report(raw::window(p)?),
@@ -117,6 +118,7 @@ pub fn run(name: &str, p: &Params) -> Result<()> {
         "wharf-tokio-bulk" => report(wharf_tokio::bulk(p)?),
         "wharf-tokio-sub" => report(pubsub::sub_client(p)?),
         "wharf-tokio-idle" => report(idle::wharf_client(p)?),
+        "wharf-mio-blocking-unary" => report(wharf_mio::blocking_unary(p)?),
         other => peer(other, p),
     }
 }

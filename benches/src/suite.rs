@@ -235,6 +235,16 @@ fn unary(opts: &Opts) -> Vec<Measurement> {
                 Figure::new("calls_per_s", "calls/s, 1 in flight", Unit::PerSec).vs(&echo, "calls_per_s"),
             ]),
         );
+        // The blocking client (wharf-mio) against this tokio server.
+        ms.push(
+            Measurement::new(
+                format!("wharf-mio-blocking-on-tokio-{flavor}-unary"),
+                format!("wharf-mio blocking client, wharf-tokio server ({flavor}_thread)"),
+                server.clone(),
+                RoleSpec::new("wharf-mio-blocking-unary"),
+            )
+            .figures(latency_vs(PP)),
+        );
         for &w in &opts.windows {
             ms.push(
                 Measurement::new(
@@ -248,6 +258,16 @@ fn unary(opts: &Opts) -> Vec<Measurement> {
             );
         }
     }
+    // No runtime on either side: the blocking client against a mio loop.
+    ms.push(
+        Measurement::new(
+            "wharf-mio-unary",
+            "wharf-mio blocking client, wharf-mio loop server",
+            RoleSpec::new("wharf-mio-echo-server"),
+            RoleSpec::new("wharf-mio-blocking-unary"),
+        )
+        .figures(latency_vs(PP)),
+    );
     ms
 }
 

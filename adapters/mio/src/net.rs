@@ -315,8 +315,9 @@ mod windows {
     use std::os::windows::io::{FromRawHandle, IntoRawHandle, OwnedHandle};
     use std::time::{Duration, Instant};
 
+    use mio::event::Source;
     use mio::windows::NamedPipe;
-    use mio::{Interest, Registry, Token};
+    use mio::{Registry, Token};
     use wharf_transport::{PeerIdentity, PipeRetry, TransportError};
 
     use super::{BOTH, Stream};
@@ -430,7 +431,7 @@ mod windows {
                     Err(e) => return Err(self.io(e)),
                 }
                 let mut connected = self.waiting.take().expect("an instance was waiting");
-                connected.reregister(registry, token, Interest::READABLE | Interest::WRITABLE)?;
+                connected.reregister(registry, token, BOTH)?;
                 if let Err(e) = self.arm(registry) {
                     tracing::warn!(error = %e, pipe = %self.name, "wharf: creating the next pipe instance failed; retrying on accept");
                 }
