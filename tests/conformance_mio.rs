@@ -724,6 +724,25 @@ fn case_slow_subscriber_disconnected(t: Transport) {
     assert!(server.seen.closed.load(Ordering::SeqCst) >= 1, "the server did not close the slow subscriber");
 }
 
+/// Bound on one whole case, so a hang fails the test instead of the run.
+const CASE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `case` on a thread of its own and fails if it is still running
+/// after [`CASE_LIMIT`] (a guard against hangs, not a speed assertion).
+fn bounded(name: &str, case: impl FnOnce() + Send + 'static) {
+    let (done, finished) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        case();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(CASE_LIMIT) {
+        Ok(()) => t.join().unwrap(),
+        // The case panicked: report its panic.
+        Err(mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(t.join().unwrap_err()),
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{name}: still running after {CASE_LIMIT:?}"),
+    }
+}
+
 /// One module per case, with the case on the mio-loop server and on the
 /// tokio server.
 macro_rules! both {
@@ -734,12 +753,12 @@ macro_rules! both {
                 #[$cfg]
                 #[test]
                 fn mio_server() {
-                    super::super::$name(Kind::Mio, Transport::$transport);
+                    bounded(stringify!($name), || super::super::$name(Kind::Mio, Transport::$transport));
                 }
                 #[$cfg]
                 #[test]
                 fn tokio_server() {
-                    super::super::$name(Kind::Tokio, Transport::$transport);
+                    bounded(stringify!($name), || super::super::$name(Kind::Tokio, Transport::$transport));
                 }
             }
         )*
@@ -772,19 +791,19 @@ macro_rules! cases {
             #[$cfg]
             #[test]
             fn connect_errors() {
-                case_connect_errors(Transport::$transport);
+                bounded(stringify!(case_connect_errors), || case_connect_errors(Transport::$transport));
             }
 
             #[$cfg]
             #[test]
             fn tokio_client_on_mio_server() {
-                case_tokio_client_on_mio_server(Transport::$transport);
+                bounded(stringify!(case_tokio_client_on_mio_server), || case_tokio_client_on_mio_server(Transport::$transport));
             }
 
             #[$cfg]
             #[test]
             fn slow_subscriber_disconnected() {
-                case_slow_subscriber_disconnected(Transport::$transport);
+                bounded(stringify!(case_slow_subscriber_disconnected), || case_slow_subscriber_disconnected(Transport::$transport));
             }
         }
     };

@@ -111,9 +111,11 @@ impl Stream {
     /// `Ok(0)` is end of stream.
     pub fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
+            // Through `try_io`: on Windows mio re-arms a socket's readiness
+            // only when an operation it sees returns "would block".
             #[cfg(unix)]
-            Stream::Unix(s) => wharf_transport::recv_buf(&*s, buf),
-            Stream::Tcp(s) => wharf_transport::recv_buf(&*s, buf),
+            Stream::Unix(s) => s.try_io(|| wharf_transport::recv_buf(&*s, buf)),
+            Stream::Tcp(s) => s.try_io(|| wharf_transport::recv_buf(&*s, buf)),
             #[cfg(windows)]
             Stream::Pipe(p) => {
                 let start = buf.len();
