@@ -68,7 +68,7 @@ pub fn bulk_config(size: usize) -> Result<Config> {
 
 /// Serves `echo` (a raw handler returning its payload) until the
 /// orchestrator closes our standard input. Optional parameters: `conns=N`
-/// raises the open-file limit and wharf's connection limit (default 4096)
+/// raises the open-file limit and wharf's connection limit (default 16,384)
 /// for N clients; `size=BYTES` sizes the frame limit for payloads that big
 /// ([`bulk_config`]).
 pub fn echo_server(p: &Params) -> Result<()> {

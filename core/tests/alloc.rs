@@ -565,6 +565,54 @@ fn keepalive() -> (Tally, Tally) {
     (c, s)
 }
 
+/// An idle connection whose blocks were released must not take them again
+/// on every wake-up of its driver: each wake-up asks for the receive buffer
+/// (a read that finds nothing), checks timers and drains output, as the
+/// async driver does. The first wake-up takes a small block; the following
+/// ones reuse it.
+fn idle_wakeups() -> (Tally, Tally) {
+    let mut wire = Vec::with_capacity(WIRE);
+    let mut now = Instant::now();
+    let config = Config { keepalive_interval: None, ..Config::default() };
+    let (mut client, mut server) = pair(config, now, &mut wire);
+    // Traffic large enough to move both sides to full blocks, then a release.
+    let id = client.request("m", payload(8192), CallOptions::new(), now).unwrap();
+    write_out(&mut client, &mut wire, now);
+    read_in(&mut server, &mut wire, now);
+    let Some(Event::Request(call)) = server.poll_event() else { panic!("no request") };
+    server.respond(call.id, call.payload).unwrap();
+    write_out(&mut server, &mut wire, now);
+    read_in(&mut client, &mut wire, now);
+    assert!(matches!(client.poll_event(), Some(Event::Response { id: r, result: Ok(_) }) if r == id));
+    client.release_buffers();
+    server.release_buffers();
+    let (mut c, mut s) = (Tally::default(), Tally::default());
+    for i in 0..WARMUP + MESSAGES {
+        now += Duration::from_millis(10);
+        let mut wake = |conn: &mut Connection| {
+            let mut t = Tally::default();
+            t.run(|| {
+                let _ = conn.recv_buffer();
+                conn.handle_timeout(now);
+                write_out(conn, &mut wire, now);
+                assert!(conn.poll_event().is_none());
+            });
+            t
+        };
+        let (ct, st) = (wake(&mut client), wake(&mut server));
+        // The first wake-up takes the small block.
+        if i == 0 {
+            assert_eq!((ct.allocs, st.allocs), (1, 1), "one small receive block each");
+        }
+        if i >= WARMUP {
+            add(&mut c, ct);
+            add(&mut s, st);
+        }
+    }
+    assert!(client.buffered_capacity() <= 256 && server.buffered_capacity() <= 256);
+    (c, s)
+}
+
 // ----------------------------------------------------------------------
 // Integrity of recycled receive blocks
 // ----------------------------------------------------------------------
@@ -699,6 +747,7 @@ fn steady_state_allocations_per_message() {
     push("stream DATA 1 KiB + CREDIT", 0, stream(1024));
     push("stream DATA 4 KiB + CREDIT", 0, stream(4096));
     push("keepalive PING/PONG", 0, keepalive());
+    push("idle wake-up after release_buffers (per wake-up)", 0, idle_wakeups());
 
     eprintln!();
     eprintln!("| scenario | side | messages | allocations | bytes | allocs/msg |");

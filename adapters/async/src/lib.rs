@@ -33,7 +33,7 @@ pub use error::Error;
 pub use io::{ByteListener, ByteStream, FuturesIo};
 pub use router::{Context, Router};
 pub use runtime::{BoxFuture, Runtime, Timer};
-pub use server::{AuthRequest, Server, ServerBuilder, SessionInfo};
+pub use server::{AuthRequest, DEFAULT_MAX_CONNECTIONS, Server, ServerBuilder, SessionInfo};
 pub use session::Goodbye;
 pub use stream::{Receiver, ResponseFuture, Sender};
 pub use wharf_core::AuthReject;

@@ -412,6 +412,9 @@ impl Server {
     }
 }
 
+/// The default of [`ServerBuilder::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16 * 1024;
+
 /// Configures and starts a [`Server`].
 pub struct ServerBuilder {
     backend: Backend,
@@ -446,7 +449,7 @@ impl ServerBuilder {
             auth: None,
             on_connect: None,
             on_disconnect: None,
-            max_connections: 4096,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             bind: BindOptions::default(),
         }
     }
@@ -476,7 +479,11 @@ impl ServerBuilder {
     }
 
     /// Most connections at once (further clients are rejected with
-    /// `TOO_MANY_CONNECTIONS`). Default 4096.
+    /// `TOO_MANY_CONNECTIONS`). Default 16,384
+    /// ([`DEFAULT_MAX_CONNECTIONS`]): an idle connection costs the server
+    /// a few KiB, so the limit mostly guards file descriptors; the process's
+    /// open-file limit (`RLIMIT_NOFILE`, often 1024 by default) usually binds
+    /// first, and a failed accept then backs off instead of spinning.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self

@@ -63,6 +63,11 @@ impl SpareBlock {
         self.unused = 0;
     }
 
+    /// Bytes the spare can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.block.as_ref().map_or(0, BytesMut::capacity)
+    }
+
     /// Releases the spare.
     pub(crate) fn clear(&mut self) {
         self.block = None;

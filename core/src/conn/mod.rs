@@ -215,6 +215,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Between frames, a receive block still shared with frames handed out in
 /// events is read into until less than this much room is left.
 const MIN_READ: usize = 8 * 1024;
+/// The receive block of a connection that has not needed a full one yet
+/// (new, or whose blocks were released): enough for a handshake or a
+/// small message, and for a driver to find out whether anything arrived.
+const SMALL_BLOCK: usize = 256;
 
 /// The protocol state of one connection, client or server. Pure: it never
 /// performs I/O, never reads a clock, never spawns.
@@ -302,6 +306,10 @@ pub struct Connection {
     /// The previous receive block, while frames handed out in events may
     /// still share it. See [`Connection::make_recv_room`].
     recv_spare: SpareBlock,
+    /// `recv` is a small block (at most [`SMALL_BLOCK`]), or none yet.
+    recv_small: bool,
+    /// The last input filled the small block: the traffic needs a full one.
+    recv_filled: bool,
     preamble_seen: usize,
     pending_header: Option<crate::wire::Header>,
 
@@ -391,6 +399,8 @@ impl Connection {
             handshake_deadline,
             recv: BytesMut::new(),
             recv_spare: SpareBlock::default(),
+            recv_small: true,
+            recv_filled: false,
             preamble_seen: 0,
             pending_header: None,
             out: SendQueue::default(),
@@ -546,6 +556,7 @@ impl Connection {
         }
         self.make_recv_room(data.len(), data.len().max(READ_CHUNK));
         self.recv.extend_from_slice(data);
+        self.note_small_filled();
         self.stats.bytes_received += data.len() as u64;
         self.note_received(data.len());
         self.process_input();
@@ -565,6 +576,8 @@ impl Connection {
                     .clamp(1, READ_CHUNK.max(self.recv.len()));
                 (want, want)
             }
+            // A small block: any room will do to see what arrives.
+            None if self.recv_small => (1, SMALL_BLOCK),
             None => (MIN_READ, READ_CHUNK),
         };
         self.make_recv_room(need, want);
@@ -586,7 +599,18 @@ impl Connection {
     ///   down to `need`, then moves to the spare block (see [`SpareBlock`]).
     ///
     /// A frame larger than one block grows the one buffer instead.
+    ///
+    /// A new connection, or one whose blocks were released, starts with a
+    /// small block ([`SMALL_BLOCK`]) and keeps it while what arrives fits in
+    /// it and nothing cut from it is still held; otherwise it moves to a
+    /// full block for good (until the next release).
     fn make_recv_room(&mut self, need: usize, want: usize) {
+        if self.recv_small {
+            if !self.small_recv_room(need) {
+                self.leave_small_block(want);
+            }
+            return;
+        }
         let len = self.recv.len();
         let room = self.recv.capacity() - len;
         if room >= want {
@@ -609,6 +633,85 @@ impl Connection {
         }
     }
 
+    /// Whether the small block can take `need` more bytes (reclaiming it in
+    /// place if nothing cut from it is alive); takes it if there is none yet.
+    fn small_recv_room(&mut self, need: usize) -> bool {
+        let len = self.recv.len();
+        if self.recv_filled || len + need > SMALL_BLOCK {
+            return false;
+        }
+        if self.recv.capacity() == 0 && len == 0 {
+            // No block yet (an exactly filled one sets `recv_filled`).
+            self.recv = BytesMut::with_capacity(SMALL_BLOCK);
+            return true;
+        }
+        self.recv.try_reclaim(SMALL_BLOCK - len) || self.recv.capacity() - len >= need
+    }
+
+    /// Moves what the small block holds to a full block; the small block is
+    /// dropped (its memory stays with the frames still holding it).
+    fn leave_small_block(&mut self, want: usize) {
+        let mut block = BytesMut::with_capacity(READ_CHUNK.max(self.recv.len() + want));
+        block.extend_from_slice(&self.recv);
+        self.recv = block;
+        self.recv_small = false;
+        self.recv_filled = false;
+    }
+
+    /// Notes that the input just appended left no room in the small block.
+    fn note_small_filled(&mut self) {
+        if self.recv_small && self.recv.len() == self.recv.capacity() {
+            self.recv_filled = true;
+        }
+    }
+
+    /// Gives back the receive and send blocks, if nothing is buffered in
+    /// them: the receive buffer holds no partial frame, and nothing waits to
+    /// be written. The next read or command takes a small block again (see
+    /// [`buffered_capacity`](Self::buffered_capacity)), which grows back to a
+    /// full one only if the traffic needs it. A side with bytes buffered is
+    /// left as it is. Frames and payloads already handed out in events stay
+    /// valid: they own their share of the block, which is freed when the
+    /// last of them is dropped.
+    ///
+    /// The connection does this by itself when its keepalive finds the peer
+    /// silent for a keepalive interval (only blocks larger than the small
+    /// one are released then, so a connection that exchanges nothing but
+    /// keepalives allocates nothing). With keepalive off, a driver that
+    /// wants idle connections to hold less can call this when it goes idle;
+    /// calling it per message would allocate a block per message.
+    pub fn release_buffers(&mut self) {
+        if self.recv.is_empty() {
+            self.recv = BytesMut::new();
+            self.recv_small = true;
+            self.recv_filled = false;
+            self.recv_spare.clear();
+        }
+        self.out.release();
+        self.scratch = BytesMut::new();
+    }
+
+    /// [`release_buffers`](Self::release_buffers), for full blocks only.
+    fn release_full_blocks(&mut self) {
+        if !self.recv_small || self.recv_spare.capacity() > 0 || self.out.holds_full_block() {
+            self.release_buffers();
+        }
+    }
+
+    /// Bytes of buffer capacity this connection holds: the room left in its
+    /// receive block and its spare (what it can read without allocating),
+    /// its coalescing send block and spare, and its scratch buffer for
+    /// strings. Memory still held by frames handed out in events, or by
+    /// chunks waiting to be written, is not counted: it belongs to them and
+    /// is freed with them. A new connection holds nothing; after its first
+    /// read, a small block (256 bytes); a busy one, full blocks (64 KiB for
+    /// receiving, 16 KiB for sending, and a spare of each while the
+    /// application holds frames); after
+    /// [`release_buffers`](Self::release_buffers), nothing again.
+    pub fn buffered_capacity(&self) -> usize {
+        self.recv.capacity() + self.recv_spare.capacity() + self.out.block_capacity() + self.scratch.capacity()
+    }
+
     /// Processes bytes appended to [`recv_buffer`](Self::recv_buffer) since
     /// the last input.
     pub fn handle_received(&mut self, appended: usize, now: Instant) {
@@ -618,6 +721,7 @@ impl Connection {
             self.recv.clear();
             return;
         }
+        self.note_small_filled();
         self.note_received(appended);
         self.process_input();
     }
@@ -695,6 +799,9 @@ impl Connection {
                 return;
             }
             if !self.keepalive_outstanding && now >= self.last_recv + k {
+                // The peer has been silent for an interval: give back full
+                // blocks before the PING takes a small one.
+                self.release_full_blocks();
                 self.keepalive_outstanding = true;
                 self.stats.keepalive_pings += 1;
                 let id = self.alloc_ping();
@@ -1664,6 +1771,8 @@ impl Connection {
         self.pending_publishes = 0;
         self.recv = BytesMut::new();
         self.recv_spare.clear();
+        self.recv_small = true;
+        self.recv_filled = false;
         self.pending_header = None;
         self.blocked = false;
         self.state = State::Closed(err.clone());

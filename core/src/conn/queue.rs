@@ -9,6 +9,11 @@
 //! when it runs out of room while chunks cut from it still wait to be
 //! written (more than a block queued in one go), it moves to a
 //! [`SpareBlock`], so that case does not allocate either.
+//!
+//! A new queue, or one whose block was released while empty, starts with a
+//! small block ([`SMALL_BLOCK`]) and keeps it while every frame fits and
+//! the written chunks cut from it have been dropped by the next one; else
+//! it moves to full blocks ([`OPEN_CHUNK`]) until the next release.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -22,6 +27,20 @@ use crate::wire::{Frame, HEADER_LEN};
 const COPY_MAX: usize = 1024;
 /// Minimum growth of the coalescing buffer.
 const OPEN_CHUNK: usize = 16 * 1024;
+/// The first coalescing block (see the module's documentation).
+const SMALL_BLOCK: usize = 256;
+
+/// Which block `open` is cut from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// None yet (new, or released).
+    #[default]
+    None,
+    /// A small block.
+    Small,
+    /// A full block (at least [`OPEN_CHUNK`]).
+    Full,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct SendQueue {
@@ -31,6 +50,7 @@ pub(crate) struct SendQueue {
     /// be queued.
     spare: SpareBlock,
     len: usize,
+    mode: Mode,
 }
 
 impl SendQueue {
@@ -51,6 +71,27 @@ impl SendQueue {
             return;
         }
         let want = n.max(OPEN_CHUNK);
+        match self.mode {
+            Mode::Full => {}
+            Mode::None => {
+                // `open` is empty: it has never had a block since the last release.
+                let small = n <= SMALL_BLOCK;
+                self.open = BytesMut::with_capacity(if small { SMALL_BLOCK } else { want });
+                self.mode = if small { Mode::Small } else { Mode::Full };
+                return;
+            }
+            Mode::Small => {
+                if self.open.try_reclaim(n) {
+                    return;
+                }
+                // The traffic needs more: a full block, the small one left to
+                // the chunks still cut from it.
+                self.seal();
+                self.open = BytesMut::with_capacity(want);
+                self.mode = Mode::Full;
+                return;
+            }
+        }
         if self.open.try_reclaim(want) || self.open.try_reclaim(n) {
             self.spare.not_needed();
             return;
@@ -64,8 +105,27 @@ impl SendQueue {
     /// written chunk still holds part of it (no allocation, nothing copied).
     fn rewind(&mut self) {
         if self.len == 0 && self.chunks.is_empty() && self.open.is_empty() {
-            let _ = self.open.try_reclaim(OPEN_CHUNK);
+            let _ = self.open.try_reclaim(if self.mode == Mode::Small { SMALL_BLOCK } else { OPEN_CHUNK });
         }
+    }
+
+    /// Gives back the coalescing block and the spare, if nothing is queued.
+    pub(crate) fn release(&mut self) {
+        if self.len == 0 && self.chunks.is_empty() {
+            self.open = BytesMut::new();
+            self.spare.clear();
+            self.mode = Mode::None;
+        }
+    }
+
+    /// Whether a full block (or a spare) is held.
+    pub(crate) fn holds_full_block(&self) -> bool {
+        self.mode == Mode::Full || self.spare.capacity() > 0
+    }
+
+    /// Capacity of the coalescing block from where `open` starts, plus the spare's.
+    pub(crate) fn block_capacity(&self) -> usize {
+        self.open.capacity() + self.spare.capacity()
     }
 
     pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
