@@ -436,7 +436,10 @@ impl Connection {
             pending_publishes: 0,
             pings: VecDeque::new(),
             next_ping: 1,
-            events: VecDeque::new(),
+            // One slot: a driver that polls events as they come (the
+            // handshake's two, one at a time) never needs more, and a
+            // first push would otherwise take four.
+            events: VecDeque::with_capacity(1),
             event_bytes: 0,
             read_paused: false,
             close: None,
@@ -667,7 +670,8 @@ impl Connection {
 
     /// Gives back the receive and send blocks, if nothing is buffered in
     /// them: the receive buffer holds no partial frame, and nothing waits to
-    /// be written. The next read or command takes a small block again (see
+    /// be written (the event queue's and the send queue's spare slots go
+    /// too, when they are empty). The next read or command takes a small block again (see
     /// [`buffered_capacity`](Self::buffered_capacity)), which grows back to a
     /// full one only if the traffic needs it. A side with bytes buffered is
     /// left as it is. Frames and payloads already handed out in events stay
@@ -689,6 +693,9 @@ impl Connection {
         }
         self.out.release();
         self.scratch = BytesMut::new();
+        if self.events.is_empty() && self.events.capacity() > 1 {
+            self.events = VecDeque::with_capacity(1);
+        }
     }
 
     /// [`release_buffers`](Self::release_buffers), for full blocks only.

@@ -109,12 +109,14 @@ impl SendQueue {
         }
     }
 
-    /// Gives back the coalescing block and the spare, if nothing is queued.
+    /// Gives back the coalescing block, the spare and the chunk list, if
+    /// nothing is queued.
     pub(crate) fn release(&mut self) {
         if self.len == 0 && self.chunks.is_empty() {
             self.open = BytesMut::new();
             self.spare.clear();
             self.mode = Mode::None;
+            self.chunks = VecDeque::new();
         }
     }
 
