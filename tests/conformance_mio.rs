@@ -797,13 +797,17 @@ macro_rules! cases {
             #[$cfg]
             #[test]
             fn tokio_client_on_mio_server() {
-                bounded(stringify!(case_tokio_client_on_mio_server), || case_tokio_client_on_mio_server(Transport::$transport));
+                bounded(stringify!(case_tokio_client_on_mio_server), || {
+                    case_tokio_client_on_mio_server(Transport::$transport)
+                });
             }
 
             #[$cfg]
             #[test]
             fn slow_subscriber_disconnected() {
-                bounded(stringify!(case_slow_subscriber_disconnected), || case_slow_subscriber_disconnected(Transport::$transport));
+                bounded(stringify!(case_slow_subscriber_disconnected), || {
+                    case_slow_subscriber_disconnected(Transport::$transport)
+                });
             }
         }
     };

@@ -430,8 +430,15 @@ impl Client {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         match self.wait_for(deadline, "next message", timeout.unwrap_or_default(), is_incoming) {
-            Ok(ev) => {
-                self.absorb(ev);
+            // The matched event is the oldest: it comes before what
+            // `wait_for` queued behind it.
+            Ok(Event::Message { subscription, topic, payload }) => {
+                Ok(Some(Incoming::Message { subscription, topic, payload }))
+            }
+            Ok(Event::Lagged { subscription, dropped }) => Ok(Some(Incoming::Lagged { subscription, dropped })),
+            Ok(Event::Notification(n)) => Ok(Some(Incoming::Notification { method: n.method, payload: n.payload })),
+            Ok(other) => {
+                self.absorb(other);
                 Ok(self.take_queued())
             }
             Err(Error::TimedOut { what: "next message", .. }) => Ok(None),
@@ -494,8 +501,16 @@ impl Client {
                 Err(SendError::Blocked { .. }) => {
                     self.wait_for(deadline, "room to send", timeout, |e| matches!(e, Event::Writable))?;
                 }
-                Err(SendError::Closed(e)) => return Err(Error::ConnectionLost(e)),
-                other => return other.map_err(Error::from),
+                Err(SendError::Closed(e)) => {
+                    self.absorb_all();
+                    return Err(Error::ConnectionLost(e));
+                }
+                Err(e) => {
+                    // Refused (closing, too large, ...): take what explains it.
+                    self.absorb_all();
+                    return Err(Error::from(e));
+                }
+                Ok(v) => return Ok(v),
             }
         }
     }
@@ -513,8 +528,11 @@ impl Client {
             self.conn.drive(Instant::now());
             while let Some(ev) = self.conn.poll_event() {
                 if want(&ev) {
-                    // What taking the event made possible (credit, a resumed
-                    // read) is written and read now, not at the next call.
+                    // Events behind it (a GOODBYE, the close, messages) are
+                    // taken too, so that the client's state is current when
+                    // the method returns; what that made possible (credit, a
+                    // resumed read) is written and read now.
+                    self.absorb_all();
                     self.conn.drive(Instant::now());
                     return Ok(ev);
                 }
