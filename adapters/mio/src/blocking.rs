@@ -551,6 +551,9 @@ impl Client {
         if self.conn.has_work() {
             return Ok(());
         }
+        self.conn
+            .update_interest(self.poll.registry())
+            .map_err(|e| Error::io(format!("register {}", self.endpoint), e))?;
         let now = Instant::now();
         let expired = deadline.is_some_and(|d| d <= now);
         let wake = match (self.conn.deadline(now), deadline) {

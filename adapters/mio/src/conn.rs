@@ -4,11 +4,11 @@ use std::io::{self, IoSlice};
 use std::time::Instant;
 
 use mio::event::Source;
-use mio::{Registry, Token};
+use mio::{Interest, Registry, Token};
 use wharf_core::{Connection, Event};
 use wharf_transport::PeerIdentity;
 
-use crate::net::{BOTH, Stream};
+use crate::net::{CONN_INTEREST, Stream};
 
 /// Reads one [`Conn::drive`] does at most before it lets other connections
 /// run (the connection stays marked as having work, see
@@ -52,20 +52,60 @@ pub struct Conn {
     /// The write half was shut down after the connection ended.
     shut: bool,
     gather: Vec<u8>,
+    /// Where the stream is registered, and with which interest.
+    token: Option<Token>,
+    interest: Interest,
 }
 
 impl Conn {
-    /// Wraps a connected stream (already registered, as
-    /// [`Listener::accept`](crate::Listener::accept) returns it, or to be
-    /// registered with [`register`](Self::register)) and a core connection.
+    /// Wraps a connected stream that is not registered yet (register it
+    /// with [`register`](Self::register)) and a core connection.
     pub fn new(stream: Stream, core: Connection, peer: PeerIdentity) -> Conn {
-        Conn { stream, core, peer, readable: true, writable: true, eof: false, shut: false, gather: Vec::new() }
+        Conn {
+            stream,
+            core,
+            peer,
+            readable: true,
+            writable: true,
+            eof: false,
+            shut: false,
+            gather: Vec::new(),
+            token: None,
+            interest: CONN_INTEREST,
+        }
     }
 
-    /// Registers the stream with `registry` under `token`, for both
-    /// directions, edge-triggered.
+    /// Wraps a stream that [`Listener::accept`](crate::Listener::accept)
+    /// registered under `token`.
+    pub fn registered(stream: Stream, core: Connection, peer: PeerIdentity, token: Token) -> Conn {
+        let mut conn = Conn::new(stream, core, peer);
+        conn.token = Some(token);
+        conn
+    }
+
+    /// Registers the stream with `registry` under `token` (edge-triggered).
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        self.stream.register(registry, token, BOTH)
+        self.token = Some(token);
+        self.interest = CONN_INTEREST;
+        self.stream.register(registry, token, CONN_INTEREST)
+    }
+
+    /// Asks mio for writability only while a write is blocked (Unix; a
+    /// no-op elsewhere). Call it after [`drive`](Self::drive), before
+    /// waiting in `poll`.
+    pub fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
+        let want = if !self.writable && self.core.transmit_len() > 0 {
+            CONN_INTEREST.add(Interest::WRITABLE)
+        } else {
+            CONN_INTEREST
+        };
+        match self.token {
+            Some(token) if want != self.interest => {
+                self.interest = want;
+                self.stream.reregister(registry, token, want)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Deregisters the stream.
@@ -153,13 +193,24 @@ impl Conn {
                 break;
             }
             reads += 1;
-            let r = self.stream.read_buf(self.core.recv_buffer());
+            let buf = self.core.recv_buffer();
+            let room = buf.capacity() - buf.len();
+            let r = self.stream.read_buf(buf);
             match r {
                 Ok(0) => {
                     self.eof = true;
                     self.core.handle_eof(now);
                 }
-                Ok(n) => self.core.handle_received(n, now),
+                Ok(n) => {
+                    // A read that did not fill the room it had drained the
+                    // socket: the next bytes bring a new edge (Unix; mio on
+                    // Windows re-arms only on a would-block it sees), so
+                    // no read is spent to hear "would block".
+                    if cfg!(unix) && n < room {
+                        self.readable = false;
+                    }
+                    self.core.handle_received(n, now)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -15,10 +15,21 @@ use wharf_transport::{Endpoint, PeerIdentity, TcpOptions, TransportError};
 #[cfg(unix)]
 use wharf_transport::{SocketFileGuard, UnixBindOptions};
 
-/// The interest every wharf-mio source is registered with. Sources are
-/// edge-triggered and registered once for both directions: wharf-mio
-/// tracks readiness itself, so it never re-registers.
+/// Both directions.
+#[cfg(not(unix))]
 pub(crate) const BOTH: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
+/// The interest a connection is registered with while it is not blocked on
+/// a write. On Unix, readable only: writable interest is added when a write
+/// would block and removed when the queue drains (`Conn::update_interest`),
+/// so a socket that is always writable causes no wake-ups. Windows pipes
+/// and sockets keep both (mio there reports a completion only to the
+/// interest registered when it happened).
+#[cfg(unix)]
+pub(crate) const CONN_INTEREST: Interest = Interest::READABLE;
+/// See the Unix definition.
+#[cfg(not(unix))]
+pub(crate) const CONN_INTEREST: Interest = BOTH;
 
 /// A connected byte stream: a Unix socket, a TCP socket or a named pipe.
 #[derive(Debug)]
@@ -275,7 +286,7 @@ impl Listener {
     }
 
     /// Accepts one waiting connection, registers it with `registry` under
-    /// `token` (readable and writable, edge-triggered), and returns it with
+    /// `token` (edge-triggered; wrap it with [`Conn::registered`](crate::Conn::registered)), and returns it with
     /// the peer's identity as the kernel reports it. `Ok(None)`: nobody is
     /// waiting (the token was not used). Call it until it returns `None`
     /// after each event on the listener's token.
@@ -306,7 +317,7 @@ impl Listener {
                 None => return Ok(None),
             },
         };
-        stream.register(registry, token, BOTH)?;
+        stream.register(registry, token, CONN_INTEREST)?;
         Ok(Some((stream, peer)))
     }
 }

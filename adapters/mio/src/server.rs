@@ -321,6 +321,11 @@ impl Server {
                 peer.deliveries = !pumped.drained;
             }
             peer.conn.drive(now);
+            if let Some(r) = &self.registry
+                && let Err(e) = peer.conn.update_interest(r)
+            {
+                tracing::debug!(error = %e, token = token.0, "wharf: re-registering a connection failed");
+            }
             if peer.conn.core_ref().has_events() {
                 continue;
             }
@@ -594,7 +599,7 @@ impl Server {
                     self.broker.add_subscriber(SubscriberId(id));
                     self.by_id.insert(id, token);
                     let mut peer = Peer {
-                        conn: Conn::new(stream, core, peer),
+                        conn: Conn::registered(stream, core, peer, token),
                         id,
                         queued: false,
                         timer: None,
