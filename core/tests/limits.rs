@@ -1025,3 +1025,28 @@ fn close_timeout_bounds_a_graceful_close_with_calls_in_flight() {
         "{outcomes:?}"
     );
 }
+
+/// Output left when a connection ends (here: a slow consumer aborted while
+/// its peer reads nothing) is written while the peer reads, and given up
+/// at `write_stall_timeout` after the end, so a driver waiting for the
+/// queue to drain always finishes.
+#[test]
+fn output_left_after_the_end_is_dropped_at_the_linger_deadline() {
+    use support::Solo;
+    let cfg = Config { write_stall_timeout: Duration::from_secs(3), ..support::config() };
+    let mut s = Solo::server(cfg);
+    s.conn.abort(Code::SLOW_CONSUMER, "too slow", s.now);
+    // The GOODBYE is queued but the peer does not read: nothing collected.
+    assert!(s.conn.is_closed());
+    assert!(s.conn.transmit_len() > 0);
+    let end = s.now;
+    assert_eq!(s.conn.next_timer(), Some(end + Duration::from_secs(3)));
+    s.now += Duration::from_secs(2);
+    s.conn.handle_timeout(s.now);
+    assert!(s.conn.transmit_len() > 0, "given up before the deadline");
+    s.now += Duration::from_secs(1);
+    s.conn.handle_timeout(s.now);
+    assert_eq!(s.conn.transmit_len(), 0);
+    assert_eq!(s.conn.next_timer(), None);
+    assert_eq!(s.conn.poll_timeout().map(|_| ()), s.conn.has_events().then_some(()));
+}

@@ -320,6 +320,9 @@ pub struct Connection {
     scratch: BytesMut,
     transmit_dirty: bool,
     stall_since: Option<Instant>,
+    /// After the connection ended: when output still queued (a final
+    /// GOODBYE a peer does not read) is given up.
+    linger: Option<Instant>,
     blocked: bool,
 
     // Negotiated.
@@ -407,6 +410,7 @@ impl Connection {
             scratch: BytesMut::new(),
             transmit_dirty: false,
             stall_since: None,
+            linger: None,
             blocked: false,
             version: 0,
             connection_id: 0,
@@ -768,6 +772,15 @@ impl Connection {
         self.tick(now);
         let now = self.now;
         if self.is_closed() {
+            if !self.out.is_empty() && self.linger.is_some_and(|t| now >= t) {
+                tracing::debug!(
+                    role = ?self.role,
+                    connection_id = self.connection_id,
+                    bytes = self.out.len(),
+                    "wharf: output left after the connection ended was not read; dropped"
+                );
+                self.out.clear();
+            }
             return;
         }
         if !self.is_established() {
@@ -921,7 +934,9 @@ impl Connection {
     /// The earliest timer, ignoring pending output.
     pub fn next_timer(&self) -> Option<Instant> {
         if self.is_closed() {
-            return None;
+            // Output left after the end is written while the peer reads,
+            // and dropped at the linger deadline if it does not.
+            return if self.out.is_empty() { None } else { self.linger };
         }
         if !self.is_established() {
             return Some(self.handshake_deadline);
@@ -1735,6 +1750,7 @@ impl Connection {
             return;
         }
         tracing::debug!(role = ?self.role, connection_id = self.connection_id, error = %err, "wharf connection ended");
+        self.linger = Some(self.now + self.config.write_stall_timeout);
         if let Some((code, message)) = goodbye
             && self.is_established()
             && !self.close.as_ref().is_some_and(|c| c.goodbye_sent)
