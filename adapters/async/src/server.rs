@@ -15,7 +15,7 @@ use wharf_core::{
     AuthReject, Code, Config, Connection, ConnectionError, HandshakeRequest, PublishId, SlowConsumerPolicy,
     SubscriptionId, Text,
 };
-use wharf_transport::{Endpoint, PeerIdentity};
+use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
 use crate::api::Session;
 use crate::backend::{Backend, BindOptions, IntoEndpoint};
@@ -82,6 +82,9 @@ pub(crate) struct ServerShared {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
     max_connections: usize,
+    peer_policy: PeerPolicy,
+    /// Peers closed at accept by the peer policy.
+    refused: AtomicU64,
     stopping: AtomicBool,
     shutdown_hint: Mutex<Option<(String, Option<Duration>)>>,
     accept_waker: Mutex<Option<Waker>>,
@@ -268,6 +271,19 @@ impl ServerShared {
         report
     }
 
+    /// Judges a freshly accepted peer by the peer policy, before any frame
+    /// is read: a refused one is closed at once (dropped), counted and
+    /// logged at debug level with its credentials only.
+    fn admit(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) {
+        if let Err(e) = self.peer_policy.check(&self.endpoint, &peer) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, error = %e, "wharf: peer refused at accept");
+            drop(stream);
+            return;
+        }
+        self.start_session(stream, peer);
+    }
+
     fn start_session(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.backend.runtime.now();
@@ -343,6 +359,12 @@ impl Server {
     /// Live connections (including those still in their handshake).
     pub fn connection_count(&self) -> usize {
         self.shared.count()
+    }
+
+    /// Connections closed at accept because their peer did not pass the
+    /// [peer policy](ServerBuilder::peer_policy), since the server started.
+    pub fn refused_peers(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 
     /// Every live session.
@@ -428,6 +450,7 @@ pub struct ServerBuilder {
     on_disconnect: Option<DisconnectHook>,
     max_connections: usize,
     bind: BindOptions,
+    peer_policy: PeerPolicy,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -451,6 +474,7 @@ impl ServerBuilder {
             on_disconnect: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             bind: BindOptions::default(),
+            peer_policy: PeerPolicy::default(),
         }
     }
 
@@ -492,6 +516,19 @@ impl ServerBuilder {
     /// Socket file mode, stale-file reclaim, TCP exposure.
     pub fn bind_options(mut self, options: BindOptions) -> Self {
         self.bind = options;
+        self
+    }
+
+    /// Which local users may connect to a Unix socket, judged on the
+    /// kernel's credentials at accept time, before any frame is read: a
+    /// refused peer is closed at once, without a handshake (counted in
+    /// [`Server::refused_peers`]). Default [`PeerPolicy::default`]: the
+    /// server's own uid, or root. Independent of the socket file's mode
+    /// ([`bind_options`](Self::bind_options)): another user needs both.
+    /// Not applied to TCP (no uid) or named pipes (their security
+    /// descriptor decides).
+    pub fn peer_policy(mut self, policy: PeerPolicy) -> Self {
+        self.peer_policy = policy;
         self
     }
 
@@ -543,6 +580,8 @@ impl ServerBuilder {
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
             max_connections: self.max_connections,
+            peer_policy: self.peer_policy,
+            refused: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             shutdown_hint: Mutex::new(None),
             accept_waker: Mutex::new(None),
@@ -569,7 +608,7 @@ async fn accept_loop(shared: Arc<ServerShared>, mut listener: Box<dyn ByteListen
         .await;
         match next {
             None => break,
-            Some(Ok((stream, peer))) => shared.start_session(stream, peer),
+            Some(Ok((stream, peer))) => shared.admit(stream, peer),
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, endpoint = %shared.endpoint, "wharf: accept failed; backing off");

@@ -290,6 +290,10 @@ impl Listener {
     /// the peer's identity as the kernel reports it. `Ok(None)`: nobody is
     /// waiting (the token was not used). Call it until it returns `None`
     /// after each event on the listener's token.
+    ///
+    /// No [`PeerPolicy`](wharf_transport::PeerPolicy) is applied here (the
+    /// [`Server`](crate::Server) applies its own): check the returned
+    /// identity with `PeerPolicy::check` before reading from the stream.
     pub fn accept(&mut self, registry: &Registry, token: Token) -> io::Result<Option<(Stream, PeerIdentity)>> {
         let (mut stream, peer) = match &mut self.kind {
             #[cfg(unix)]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use mio::{Registry, Token};
 use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
 use wharf_core::{AuthReject, Code, Config, Connection, Event, RequestId, SendError, Text};
-use wharf_transport::{Endpoint, PeerIdentity};
+use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
 use crate::conn::Conn;
 use crate::error::Error;
@@ -50,6 +50,13 @@ pub struct ServerOptions {
     /// token range given to [`Server::register`] bounds the connections
     /// held (in handshake or established) too.
     pub max_connections: usize,
+    /// Which local users may connect to a Unix socket, judged on the
+    /// kernel's credentials at accept time, before any frame is read: a
+    /// refused peer is closed at once, without a handshake (counted in
+    /// [`Server::refused_peers`]). Default: the server's own uid, or root.
+    /// Independent of the socket file's mode (`bind`): another user needs
+    /// both. Not applied to TCP (no uid) or named pipes.
+    pub peer_policy: PeerPolicy,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +66,7 @@ impl Default for ServerOptions {
             broker: BrokerConfig::default(),
             bind: BindOptions::default(),
             max_connections: 10_000,
+            peer_policy: PeerPolicy::default(),
         }
     }
 }
@@ -138,6 +146,9 @@ pub struct Server {
     free: Vec<usize>,
     config: Arc<Config>,
     max_connections: usize,
+    peer_policy: PeerPolicy,
+    /// Peers closed at accept by the peer policy.
+    refused: u64,
     broker: Broker,
     peers: HashMap<Token, Peer>,
     by_id: HashMap<u64, Token>,
@@ -186,6 +197,8 @@ impl Server {
             free: Vec::new(),
             config: Arc::new(options.config),
             max_connections: options.max_connections,
+            peer_policy: options.peer_policy,
+            refused: 0,
             broker,
             peers: HashMap::new(),
             by_id: HashMap::new(),
@@ -437,6 +450,12 @@ impl Server {
         self.peers.len()
     }
 
+    /// Connections closed at accept because their peer did not pass the
+    /// [peer policy](ServerOptions::peer_policy), since the server started.
+    pub fn refused_peers(&self) -> u64 {
+        self.refused
+    }
+
     /// Tokens of the connections held.
     pub fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
         self.peers.keys().copied()
@@ -585,7 +604,17 @@ impl Server {
                 }
             };
             match listener.accept(registry, token) {
-                Ok(Some((stream, peer))) => {
+                Ok(Some((mut stream, peer))) => {
+                    // Before any frame: a peer the policy refuses is closed
+                    // at once, and its token is free again.
+                    if let Err(e) = self.peer_policy.check(&self.endpoint, &peer) {
+                        self.refused += 1;
+                        let _ = registry.deregister(&mut stream);
+                        drop(stream);
+                        self.free.push(token.0);
+                        tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, error = %e, "wharf: peer refused at accept");
+                        continue;
+                    }
                     let id = self.next_id;
                     self.next_id += 1;
                     let core = match Connection::server(self.config.clone(), now) {

@@ -220,7 +220,10 @@ impl Listener {
         }
     }
 
-    /// Waits for the next connection.
+    /// Waits for the next connection. No
+    /// [`PeerPolicy`](wharf_transport::PeerPolicy) is applied to a raw
+    /// listener (servers apply theirs): check the identity with
+    /// `PeerPolicy::check` before reading from the stream.
     pub async fn accept(&mut self) -> io::Result<(Stream, PeerIdentity)> {
         std::future::poll_fn(|cx| self.poll_accept_stream(cx)).await
     }

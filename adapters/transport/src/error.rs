@@ -95,6 +95,20 @@ pub enum TransportError {
         /// The address.
         addr: std::net::SocketAddr,
     },
+    /// A peer's kernel-reported credentials did not pass the server's
+    /// [`PeerPolicy`](crate::PeerPolicy); it was closed before its
+    /// handshake.
+    #[error("peer refused on {endpoint}: uid {uid:?}, gid {gid:?}, pid {pid:?} is not allowed by the peer policy")]
+    PeerRefused {
+        /// The endpoint it connected to.
+        endpoint: String,
+        /// Its user id (`None`: the kernel reported none).
+        uid: Option<u32>,
+        /// Its primary group id.
+        gid: Option<u32>,
+        /// Its process id (advisory).
+        pid: Option<u32>,
+    },
     /// Any other I/O failure, with the endpoint it concerns.
     #[error("{op} {endpoint}: {source}")]
     Io {
@@ -128,9 +142,9 @@ impl TransportError {
                 io::ErrorKind::AddrInUse
             }
             TransportError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
-            TransportError::UnsafeDirectory { .. } | TransportError::NonLoopback { .. } => {
-                io::ErrorKind::PermissionDenied
-            }
+            TransportError::UnsafeDirectory { .. }
+            | TransportError::NonLoopback { .. }
+            | TransportError::PeerRefused { .. } => io::ErrorKind::PermissionDenied,
             TransportError::NotFound { .. } => io::ErrorKind::NotFound,
             TransportError::Refused { .. } => io::ErrorKind::ConnectionRefused,
             TransportError::PipeBusy { .. } => io::ErrorKind::TimedOut,

@@ -10,7 +10,8 @@
 //! - [`bind_unix`] (Unix): mode 0600 before the socket is reachable, a lock
 //!   so two servers never race, a live server never displaced, a stale file
 //!   left by a crashed server reclaimed; [`peer_credentials`] read from the
-//!   kernel at accept time.
+//!   kernel at accept time, and the [`PeerPolicy`] servers judge them by
+//!   (default: the server's own uid, or root).
 //! - [`bind_tcp`]: loopback-only unless the caller opts in.
 //! - [`PipeRetry`]: the bounded retry policy for busy named pipes;
 //!   `create_pipe_instance` and `open_pipe_client` (Windows): pipe handles
@@ -23,6 +24,7 @@
 
 mod endpoint;
 mod error;
+mod policy;
 mod recv;
 mod tcp;
 #[cfg(unix)]
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant};
 pub use endpoint::runtime_dir;
 pub use endpoint::{Endpoint, MAX_PIPE_NAME, PIPE_PREFIX, SUN_PATH_LEN, check_unix_path};
 pub use error::TransportError;
+pub use policy::PeerPolicy;
 pub use recv::recv_buf;
 pub use tcp::{TcpOptions, bind_tcp, configure_accepted_tcp, configure_tcp_stream, resolve};
 #[cfg(unix)]
