@@ -555,16 +555,26 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds `endpoint` and starts serving.
+    /// Binds `endpoint` and starts serving. TCP listens on loopback only
+    /// unless [`BindOptions::tcp`]`.allow_remote` is set, and then only
+    /// with an [auth hook](Self::auth) (checking a token): without one a
+    /// non-loopback address is refused before anything is bound.
     pub async fn bind(self, endpoint: impl IntoEndpoint) -> Result<Server, Error> {
         let endpoint = endpoint.into_endpoint()?;
+        if self.bind.tcp.allow_remote {
+            // Before the listener exists: no auth hook, no remote listener.
+            wharf_transport::require_auth_for_remote(&endpoint, self.auth.is_some())?;
+        }
         let listener = self.backend.network.bind(&endpoint, &self.bind)?;
         self.serve(endpoint, listener)
     }
 
-    /// Serves connections from an existing listener.
+    /// Serves connections from an existing listener. A non-loopback TCP
+    /// `endpoint` is refused without an [auth hook](Self::auth)
+    /// ([`TransportError::RemoteWithoutAuth`](wharf_transport::TransportError::RemoteWithoutAuth)).
     pub fn serve(self, endpoint: Endpoint, listener: Box<dyn ByteListener>) -> Result<Server, Error> {
         self.config.validate()?;
+        wharf_transport::require_auth_for_remote(&endpoint, self.auth.is_some())?;
         let broker = Broker::new(self.broker)?;
         let shared = Arc::new(ServerShared {
             backend: self.backend,

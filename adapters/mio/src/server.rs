@@ -230,6 +230,13 @@ impl Server {
     /// tokens `connections` for the connections it accepts (at most that
     /// many are held at once; the rest wait in the listen backlog). The
     /// registry is kept (cloned) to register and deregister connections.
+    ///
+    /// A server bound to a non-loopback TCP address (with
+    /// `bind.tcp.allow_remote`) is refused here, with a
+    /// `PermissionDenied` error wrapping
+    /// [`TransportError::RemoteWithoutAuth`](wharf_transport::TransportError::RemoteWithoutAuth),
+    /// unless an auth hook was set first: it never accepts a connection
+    /// without one.
     pub fn register(&mut self, registry: &Registry, listener: Token, connections: Range<usize>) -> io::Result<()> {
         if connections.contains(&listener.0) {
             return Err(io::Error::new(
@@ -237,6 +244,9 @@ impl Server {
                 "the listener token is inside the connection range",
             ));
         }
+        // A non-loopback TCP listener starts accepting only with an auth
+        // hook (set it with `set_auth` before registering).
+        wharf_transport::require_auth_for_remote(&self.endpoint, self.auth.is_some())?;
         let registry = registry.try_clone()?;
         if let Some(l) = self.listener.as_mut() {
             l.register(&registry, listener)?;

@@ -175,11 +175,24 @@ fn validate_short_name(name: &str) -> Result<(), TransportError> {
 }
 
 /// Refuses a Unix socket path that does not fit `sockaddr_un` (instead of
-/// letting the OS truncate it or answer a bare `EINVAL`).
+/// letting the OS truncate it or answer a bare `EINVAL`), and names of
+/// the Linux abstract namespace: a path with a NUL byte (a leading NUL is
+/// how an abstract name is written) or starting with `@` (how tools show
+/// one). Abstract sockets have no file, hence no mode and no directory to
+/// protect them: anything in the same network namespace can connect, so
+/// wharf does not offer them (write `./@name` for a file really named so).
 pub fn check_unix_path(path: &Path) -> Result<(), TransportError> {
-    let len = path.as_os_str().len();
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let len = bytes.len();
     if len == 0 {
         return Err(TransportError::InvalidName { input: String::new(), reason: "empty socket path" });
+    }
+    if bytes.contains(&0) || bytes[0] == b'@' {
+        return Err(TransportError::InvalidName {
+            input: path.display().to_string(),
+            reason: "abstract-namespace sockets are not supported (no file permissions protect them); \
+                     use a socket file in a private directory",
+        });
     }
     if len >= SUN_PATH_LEN {
         return Err(TransportError::PathTooLong { path: path.to_path_buf(), len, limit: SUN_PATH_LEN });

@@ -95,6 +95,16 @@ pub enum TransportError {
         /// The address.
         addr: std::net::SocketAddr,
     },
+    /// A server was asked to listen on a non-loopback TCP address without
+    /// an auth hook to check a token.
+    #[error(
+        "refusing to serve non-loopback address {addr} without authentication: anyone who can reach it \
+         could connect; set an auth hook that checks a token"
+    )]
+    RemoteWithoutAuth {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
     /// A peer's kernel-reported credentials did not pass the server's
     /// [`PeerPolicy`](crate::PeerPolicy); it was closed before its
     /// handshake.
@@ -144,6 +154,7 @@ impl TransportError {
             TransportError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
             TransportError::UnsafeDirectory { .. }
             | TransportError::NonLoopback { .. }
+            | TransportError::RemoteWithoutAuth { .. }
             | TransportError::PeerRefused { .. } => io::ErrorKind::PermissionDenied,
             TransportError::NotFound { .. } => io::ErrorKind::NotFound,
             TransportError::Refused { .. } => io::ErrorKind::ConnectionRefused,

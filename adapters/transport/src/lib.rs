@@ -12,7 +12,8 @@
 //!   left by a crashed server reclaimed; [`peer_credentials`] read from the
 //!   kernel at accept time, and the [`PeerPolicy`] servers judge them by
 //!   (default: the server's own uid, or root).
-//! - [`bind_tcp`]: loopback-only unless the caller opts in.
+//! - [`bind_tcp`]: loopback-only unless the caller opts in;
+//!   [`require_auth_for_remote`]: servers on other addresses need an auth hook.
 //! - [`PipeRetry`]: the bounded retry policy for busy named pipes;
 //!   `create_pipe_instance` and `open_pipe_client` (Windows): pipe handles
 //!   with wharf's security settings, for runtimes without pipe types of
@@ -41,7 +42,7 @@ pub use endpoint::{Endpoint, MAX_PIPE_NAME, PIPE_PREFIX, SUN_PATH_LEN, check_uni
 pub use error::TransportError;
 pub use policy::PeerPolicy;
 pub use recv::recv_buf;
-pub use tcp::{TcpOptions, bind_tcp, configure_accepted_tcp, configure_tcp_stream, resolve};
+pub use tcp::{TcpOptions, bind_tcp, configure_accepted_tcp, configure_tcp_stream, require_auth_for_remote, resolve};
 #[cfg(unix)]
 pub use unix::{SocketFileGuard, bind_unix, lock_path, peer_credentials};
 #[cfg(windows)]

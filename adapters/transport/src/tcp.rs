@@ -45,6 +45,24 @@ pub fn bind_tcp(addr: &str, options: &TcpOptions) -> Result<TcpListener, Transpo
     Ok(socket.into())
 }
 
+/// The second half of the TCP opt-in, for servers: a listener on a
+/// non-loopback address may start only with an authentication hook that
+/// checks a token (TCP carries no peer credentials, so the handshake's auth
+/// payload is the only proof of who connected). `endpoint` names where the
+/// server listens and `has_auth` whether it has an auth hook. Loopback
+/// addresses, Unix sockets and pipes always pass; a non-loopback TCP
+/// address without auth is [`TransportError::RemoteWithoutAuth`].
+pub fn require_auth_for_remote(endpoint: &crate::Endpoint, has_auth: bool) -> Result<(), TransportError> {
+    let crate::Endpoint::Tcp(addr) = endpoint else { return Ok(()) };
+    if has_auth {
+        return Ok(());
+    }
+    match resolve(addr)?.into_iter().find(|a| !a.ip().is_loopback()) {
+        Some(bad) => Err(TransportError::RemoteWithoutAuth { addr: bad }),
+        None => Ok(()),
+    }
+}
+
 /// Applies wharf's stream settings (no Nagle delay: wharf coalesces itself).
 pub fn configure_tcp_stream(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)

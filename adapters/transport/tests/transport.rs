@@ -62,6 +62,22 @@ fn tcp_refuses_non_loopback_unless_allowed() {
     assert!(l.local_addr().unwrap().ip().is_unspecified());
 }
 
+#[test]
+fn remote_tcp_servers_need_an_auth_hook() {
+    use wharf_transport::require_auth_for_remote;
+    match require_auth_for_remote(&Endpoint::tcp("0.0.0.0:0"), false) {
+        Err(e @ TransportError::RemoteWithoutAuth { .. }) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(e.to_string().contains("0.0.0.0"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(require_auth_for_remote(&Endpoint::tcp("0.0.0.0:0"), true).is_ok());
+    assert!(require_auth_for_remote(&Endpoint::tcp("127.0.0.1:0"), false).is_ok());
+    assert!(require_auth_for_remote(&Endpoint::tcp("[::1]:0"), false).is_ok());
+    assert!(require_auth_for_remote(&Endpoint::unix("/tmp/x.sock"), false).is_ok());
+}
+
 #[cfg(unix)]
 mod unix {
     use std::fs;
@@ -91,6 +107,59 @@ mod unix {
             other => panic!("{other:?}"),
         }
         assert!(matches!(bind_unix(&long, &UnixBindOptions::default()), Err(TransportError::PathTooLong { .. })));
+    }
+
+    #[test]
+    fn abstract_namespace_names_are_refused() {
+        for bad in ["unix:@wharf", "@wharf"] {
+            let e = wharf_transport::Endpoint::parse(bad).and_then(|e| e.validate().map(|()| e));
+            assert!(matches!(e, Err(TransportError::InvalidName { .. })), "{bad:?}: {e:?}");
+        }
+        for bad in ["\0wharf", "/tmp/a\0b"] {
+            let p = PathBuf::from(bad);
+            match bind_unix(&p, &UnixBindOptions::default()) {
+                Err(TransportError::InvalidName { reason, .. }) => assert!(reason.contains("abstract"), "{reason}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            assert!(matches!(check_unix_path(&p), Err(TransportError::InvalidName { .. })));
+        }
+        // A file really named `@x` is still reachable by a path that does
+        // not start with '@'.
+        assert!(check_unix_path(std::path::Path::new("./@x")).is_ok());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn fd_passing_is_off_descriptors_sent_to_us_are_never_installed() {
+        use std::io::IoSlice;
+        use std::mem::MaybeUninit;
+        use std::os::fd::AsFd;
+
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+
+        // A file only this test opens, to count the descriptors naming it.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let target = fs::canonicalize(f.path()).unwrap();
+        let open_copies = || {
+            fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| *l == target)
+                .count()
+        };
+        assert_eq!(open_copies(), 1);
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [f.as_file().as_fd()];
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        sendmsg(&a, &[IoSlice::new(b"frame")], &mut control, SendFlags::empty()).unwrap();
+        // wharf reads with plain recv: no control buffer, so the kernel
+        // discards the descriptor instead of installing it in our table.
+        let mut buf = bytes::BytesMut::new();
+        assert_eq!(wharf_transport::recv_buf(&b, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..], b"frame");
+        assert_eq!(open_copies(), 1, "a descriptor passed over the socket was installed");
     }
 
     #[test]

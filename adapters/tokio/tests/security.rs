@@ -1,11 +1,13 @@
-//! The peer policy (reliability-security X5, X6): peers are judged on the
-//! kernel's credentials at accept, before any frame, and the auth payload
-//! never changes who the server thinks the peer is.
+//! Security defaults of a wharf-tokio server (reliability-security §4):
+//! the peer policy (X5, X6: peers are judged on the kernel's credentials at
+//! accept, before any frame, and the auth payload never changes who the
+//! server thinks the peer is), TCP exposure (X15) and what reaches the
+//! logs (X16).
+#![cfg(unix)]
 //!
 //! `another_uid_*` runs a client as another user (uid 65534, through
 //! `setpriv`): it needs root (or CAP_SETUID) and `setpriv`, and prints
 //! `SKIPPED` with the reason where the machine does not allow it.
-#![cfg(unix)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -220,4 +222,130 @@ async fn another_uid_is_refused_by_default_and_admitted_by_an_allow_list() {
     server.abort().await;
 
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_non_loopback_tcp_listener_needs_the_opt_in_and_an_auth_hook() {
+    // Loopback by default: the wildcard address is refused.
+    let r = wharf_tokio::server().bind("tcp:0.0.0.0:0").await;
+    assert!(
+        matches!(&r, Err(Error::Transport(t)) if matches!(**t, wharf_transport::TransportError::NonLoopback { .. })),
+        "{:?}",
+        r.map(|_| ())
+    );
+    // Opted in, but without an auth hook: still refused, before binding.
+    let remote = BindOptions { tcp: wharf_async::TcpOptions { allow_remote: true }, ..Default::default() };
+    let r = wharf_tokio::server().bind_options(remote.clone()).bind("tcp:0.0.0.0:0").await;
+    assert!(
+        matches!(&r, Err(Error::Transport(t)) if matches!(**t, wharf_transport::TransportError::RemoteWithoutAuth { .. })),
+        "{:?}",
+        r.map(|_| ())
+    );
+    // Opted in with an auth hook checking a token: it starts, and the
+    // token decides.
+    let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let server =
+        wharf_tokio::server()
+            .bind_options(remote)
+            .auth(|req| async move {
+                if &req.auth[..] == b"the-token" { Ok(()) } else { Err(AuthReject::new("wrong token")) }
+            })
+            .bind(format!("tcp:0.0.0.0:{port}"))
+            .await
+            .unwrap();
+    let ep = format!("tcp:127.0.0.1:{port}");
+    assert!(wharf_tokio::client().auth(&b"guess"[..]).connect(ep.as_str()).await.is_err());
+    let ok = wharf_tokio::client().auth(&b"the-token"[..]).connect(ep.as_str()).await;
+    assert!(ok.is_ok(), "{:?}", ok.map(|_| ()));
+    drop(ok);
+    server.abort().await;
+    // Loopback needs neither.
+    let server = wharf_tokio::server().bind("tcp:127.0.0.1:0").await.unwrap();
+    server.abort().await;
+}
+
+/// Every field of every event and span, as text.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<String>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut Fields(&mut self.0.lock().unwrap()));
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut Fields(&mut self.0.lock().unwrap()));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut out = self.0.lock().unwrap();
+        out.push('\n');
+        out.push_str(event.metadata().level().as_str());
+        event.record(&mut Fields(&mut out));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn secrets_and_payloads_never_reach_the_logs_even_at_trace_level() {
+    const SECRET: &str = "hunter2-SECRET-token";
+    const PAYLOAD: &str = "private-PAYLOAD-text";
+    let capture = Capture::default();
+    // This test's runtime is single-threaded: every task runs here.
+    let _guard = tracing::subscriber::set_default(capture.clone());
+
+    let dir = test_dir("logs", false);
+    let ep = format!("unix:{}", dir.join("s.sock").display());
+    let router = wharf_async::Router::new()
+        .unary("echo", |s: String, _: Context| async move { Ok::<_, Error>(s) })
+        .notification("note", |_: u32, _: Context| async move {});
+    let server = wharf_tokio::server()
+        .router(router)
+        .codec(wharf_async::Codec::Json)
+        .auth(|req| async move {
+            if req.auth.starts_with(b"hunter2") && &req.auth[..] != SECRET.as_bytes() {
+                Err(AuthReject::new("wrong token"))
+            } else {
+                Ok(())
+            }
+        })
+        .bind(ep.as_str())
+        .await
+        .unwrap();
+    // A rejected handshake carrying a near-miss of the secret.
+    let wrong = format!("{SECRET}-wrong");
+    assert!(wharf_tokio::client().auth(wrong.into_bytes()).connect(ep.as_str()).await.is_err());
+    // An accepted one: a call, a notification the handler cannot decode
+    // (JSON quotes it in its error), a method nobody serves.
+    let client = wharf_tokio::client().codec(wharf_async::Codec::Json).auth(SECRET).connect(ep.as_str()).await.unwrap();
+    let back: String = client.call("echo", &PAYLOAD.to_string()).await.unwrap();
+    assert_eq!(back, PAYLOAD);
+    client.notify("note", &PAYLOAD.to_string()).await.unwrap();
+    assert!(client.call::<_, String>("missing", &PAYLOAD.to_string()).await.is_err());
+    let _ = client.call::<_, String>("echo", &PAYLOAD.to_string()).await;
+    drop(client);
+    server.shutdown("bye", None).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let logs = capture.0.lock().unwrap().clone();
+    if std::env::var_os("WHARF_SHOW_LOGS").is_some() {
+        println!("{logs}");
+    }
+    assert!(logs.contains("wharf"), "nothing was captured: the test would prove nothing\n{logs}");
+    for secret in [SECRET, "hunter2", PAYLOAD, "PAYLOAD", "104, 117, 110, 116"] {
+        assert!(!logs.contains(secret), "{secret:?} appears in the logs:\n{logs}");
+    }
 }

@@ -1,6 +1,7 @@
-//! The mio Server's peer policy (reliability-security X5): a peer the
-//! policy refuses is closed at accept, before its HELLO is read; the
-//! default admits the server's own user. (The foreign-uid version of this
+//! Security defaults of the mio Server (reliability-security §4): the peer
+//! policy (X5: a peer the policy refuses is closed at accept, before its
+//! HELLO is read; the default admits the server's own user) and TCP
+//! exposure (X15). (The foreign-uid version of this
 //! test, with a client really running as another user, is the tokio
 //! adapter's `tests/peer_policy.rs`: both servers call the same
 //! `PeerPolicy::check` at accept.)
@@ -92,4 +93,30 @@ fn a_refused_peer_is_closed_before_its_handshake_and_the_default_admits_our_user
     drop(client);
     seen.stop.store(true, Ordering::SeqCst);
     thread.join().unwrap();
+}
+
+#[test]
+fn a_non_loopback_tcp_server_needs_the_opt_in_and_an_auth_hook_before_it_accepts() {
+    use wharf_mio::BindOptions;
+    use wharf_transport::{TcpOptions, TransportError};
+
+    let wildcard = Endpoint::tcp("0.0.0.0:0");
+    match Server::bind(&wildcard, ServerOptions::default()) {
+        Err(wharf_mio::Error::Transport(TransportError::NonLoopback { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    let remote = || ServerOptions {
+        bind: BindOptions { tcp: TcpOptions { allow_remote: true }, ..Default::default() },
+        ..ServerOptions::default()
+    };
+    let poll = Poll::new().unwrap();
+    // Opted in but no auth hook: it never starts accepting.
+    let mut server = Server::bind(&wildcard, remote()).unwrap();
+    let e = server.register(poll.registry(), Token(0), 1..10).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(e.to_string().contains("without authentication"), "{e}");
+    // With one, it does.
+    let mut server = Server::bind(&wildcard, remote()).unwrap();
+    server.set_auth(|req| if req.auth == b"the-token" { Ok(()) } else { Err(wharf_mio::AuthReject::new("no")) });
+    server.register(poll.registry(), Token(0), 1..10).unwrap();
 }
