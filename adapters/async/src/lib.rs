@@ -12,6 +12,7 @@
 //! vectored writes, never flushing per message.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod api;
 mod backend;

@@ -275,6 +275,65 @@ mod unix {
     }
 
     #[test]
+    fn a_directory_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let d = dir();
+        let foreign = d.path().join("foreign");
+        fs::create_dir(&foreign).unwrap();
+        fs::set_permissions(&foreign, fs::Permissions::from_mode(0o700)).unwrap();
+        if let Err(e) = std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)) {
+            println!("SKIPPED a_directory_owned_by_another_user_is_refused: cannot chown (not root?): {e}");
+            return;
+        }
+        assert_eq!(fs::metadata(&foreign).unwrap().uid(), 65534);
+        match bind_unix(&foreign.join("s.sock"), &UnixBindOptions::default()) {
+            Err(TransportError::UnsafeDirectory { path, reason }) => {
+                assert_eq!(path, foreign);
+                assert!(reason.contains("65534"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!foreign.join("s.sock").exists());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_umask_is_never_touched_while_other_threads_create_files() {
+        let umask = || {
+            let status = fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("Umask:")).expect("Umask in /proc/self/status");
+            u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+        };
+        let before = umask();
+        let d = dir();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (files, stop2) = (d.path().join("files"), stop.clone());
+        fs::create_dir(&files).unwrap();
+        let creator = std::thread::spawn(move || {
+            let mut modes = Vec::new();
+            let mut i = 0;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) || i < 50 {
+                let p = files.join(i.to_string());
+                fs::write(&p, b"x").unwrap();
+                modes.push(fs::metadata(&p).unwrap().permissions().mode() & 0o777);
+                i += 1;
+            }
+            modes
+        });
+        for i in 0..50 {
+            let p = d.path().join(format!("{i}.sock"));
+            let (_l, _g) = bind_unix(&p, &UnixBindOptions::default()).unwrap();
+            assert_eq!(fs::symlink_metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let modes = creator.join().unwrap();
+        // Every file the other thread created got the process umask, never
+        // one a bind had swapped in.
+        assert!(modes.iter().all(|m| *m == 0o666 & !before), "modes {modes:?} with umask {before:o}");
+        assert_eq!(umask(), before);
+    }
+
+    #[test]
     fn drop_does_not_remove_a_successors_socket() {
         let d = dir();
         let p = d.path().join("succ.sock");
