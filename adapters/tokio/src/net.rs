@@ -309,11 +309,25 @@ impl std::fmt::Debug for PipeListener {
     }
 }
 
+/// Creates a pipe instance with wharf's security descriptor (full access
+/// for the current user and SYSTEM only; see
+/// `wharf_transport::pipe_security`).
+#[cfg(windows)]
+#[allow(unsafe_code)]
+fn create_pipe(options: &mut ServerOptions, name: &str) -> io::Result<NamedPipeServer> {
+    wharf_transport::with_pipe_security_attributes(|attributes| {
+        // SAFETY: `attributes` points at a SECURITY_ATTRIBUTES whose
+        // descriptor lives in a process-wide static; both are valid for the
+        // duration of this call, which is all tokio requires.
+        unsafe { options.create_with_security_attributes_raw(name, attributes) }
+    })?
+}
+
 #[cfg(windows)]
 impl PipeListener {
     fn bind(name: &str) -> Result<PipeListener, Error> {
-        let first =
-            ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true).create(name).map_err(|e| {
+        let first = create_pipe(ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true), name)
+            .map_err(|e| {
                 match e.kind() {
                     // FILE_FLAG_FIRST_PIPE_INSTANCE: someone else holds the name.
                     io::ErrorKind::PermissionDenied => TransportError::PipeInUse { pipe: name.to_string() },
@@ -340,7 +354,7 @@ impl PipeListener {
             Poll::Ready(r) => r,
         };
         // Create the next instance before handing this one off.
-        let next = ServerOptions::new().reject_remote_clients(true).create(&self.name)?;
+        let next = create_pipe(ServerOptions::new().reject_remote_clients(true), &self.name)?;
         self.pending = Self::wait(next);
         let server = connected?;
         let peer = wharf_transport::pipe_client_identity(&server).unwrap_or_default();

@@ -49,3 +49,26 @@ fn under_wine() -> bool {
         !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
     }
 }
+
+/// The tokio adapter's pipe instances carry wharf's DACL (network logons
+/// denied, the current user and SYSTEM only, protected), read back from the pipe through a client's
+/// handle: the first instance and the ones created after each accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_instances_carry_the_owner_and_system_dacl() {
+    let name = format!(r"\\.\pipe\wharf-tokio-dacl-{}", std::process::id());
+    let server = wharf_tokio::server().bind(format!("pipe:{name}").as_str()).await.unwrap();
+    let want = wharf_transport::pipe_security().unwrap().sddl().to_string();
+    for _ in 0..3 {
+        // Each open takes the waiting instance; the listener creates the next.
+        let client = wharf_transport::open_pipe_client(&name).unwrap();
+        let got = wharf_transport::dacl_sddl(&client).unwrap();
+        assert!(got.starts_with("D:P"), "{got}");
+        assert_eq!(got.matches('(').count(), 3, "{got} (wanted {want})");
+        assert!(got.contains("(D;;GA;;;NU)"), "{got}");
+        assert!(got.contains(";;;SY)"), "{got}");
+        let user = want.rsplit(";;;").next().unwrap();
+        assert!(got.contains(&format!(";;;{user}")), "{got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.abort().await;
+}

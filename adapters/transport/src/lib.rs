@@ -25,6 +25,8 @@
 
 mod endpoint;
 mod error;
+#[cfg(windows)]
+mod pipe_security;
 mod policy;
 mod recv;
 mod tcp;
@@ -40,6 +42,8 @@ use std::time::{Duration, Instant};
 pub use endpoint::runtime_dir;
 pub use endpoint::{Endpoint, MAX_PIPE_NAME, PIPE_PREFIX, SUN_PATH_LEN, check_unix_path};
 pub use error::TransportError;
+#[cfg(windows)]
+pub use pipe_security::{PipeSecurity, dacl_sddl, pipe_security, with_pipe_security_attributes};
 pub use policy::PeerPolicy;
 pub use recv::recv_buf;
 pub use tcp::{TcpOptions, bind_tcp, configure_accepted_tcp, configure_tcp_stream, require_auth_for_remote, resolve};

@@ -27,7 +27,8 @@ pub const ERROR_PIPE_BUSY: i32 = windows_sys::Win32::Foundation::ERROR_PIPE_BUSY
 const PIPE_BUFFER: u32 = 65536;
 
 /// Creates a server instance of the byte-mode pipe `name` for overlapped
-/// I/O, rejecting remote clients, with the default security descriptor
+/// I/O, rejecting remote clients, with wharf's security descriptor
+/// (full access for the current user and SYSTEM only, see [`pipe_security`](crate::pipe_security))
 /// (the same settings as the tokio adapter's pipes). With `first`, the
 /// instance is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`: if another
 /// process already holds the name this is [`TransportError::PipeInUse`].
@@ -41,9 +42,12 @@ pub fn create_pipe_instance(name: &str, first: bool) -> Result<OwnedHandle, Tran
         open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
     }
     let pipe_mode = PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS;
-    // SAFETY: `wide` is a NUL-terminated UTF-16 string that outlives the
-    // call; a null security-attributes pointer selects the default security
-    // descriptor and a non-inheritable handle.
+    let security = crate::pipe_security::pipe_security()
+        .map_err(|e| TransportError::io("build the security descriptor of pipe", format!("pipe:{name}"), e))?;
+    let attributes = security.attributes();
+    // SAFETY: `wide` is a NUL-terminated UTF-16 string and `attributes`
+    // points at a descriptor (owned by a process-wide static) that both
+    // outlive the call; the handle is not inheritable.
     let handle = unsafe {
         CreateNamedPipeW(
             wide.as_ptr(),
@@ -53,7 +57,7 @@ pub fn create_pipe_instance(name: &str, first: bool) -> Result<OwnedHandle, Tran
             PIPE_BUFFER,
             PIPE_BUFFER,
             0,
-            std::ptr::null(),
+            &attributes,
         )
     };
     if handle == INVALID_HANDLE_VALUE {
