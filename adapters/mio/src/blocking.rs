@@ -167,6 +167,7 @@ impl ClientBuilder {
             max_queued: self.max_queued,
             goodbye: None,
             closed: None,
+            dropped_notifications: 0,
         };
         let ev =
             client.wait_for(Some(deadline), "connect", self.connect_timeout, |e| matches!(e, Event::Connected(_)))?;
@@ -207,6 +208,8 @@ pub struct Client {
     max_queued: usize,
     goodbye: Option<Goodbye>,
     closed: Option<ConnectionError>,
+    /// Notifications dropped from the full local queue.
+    dropped_notifications: u64,
 }
 
 impl Client {
@@ -239,6 +242,13 @@ impl Client {
     /// after the hint).
     pub fn goodbye(&self) -> Option<&Goodbye> {
         self.goodbye.as_ref()
+    }
+
+    /// Notifications dropped because the local queue was full of them (a
+    /// full queue drops its oldest message first, reported as
+    /// [`Incoming::Lagged`]; notifications only when it holds nothing else).
+    pub fn dropped_notifications(&self) -> u64 {
+        self.dropped_notifications
     }
 
     /// Why the connection ended, if it has.
@@ -312,7 +322,9 @@ impl Client {
     }
 
     /// Sends a notification with raw bytes; returns once it is written to
-    /// the socket (or queued there, if the socket is full).
+    /// the socket, waiting at most the call timeout while the socket is
+    /// full. A `TimedOut` then does not mean it was not sent: it stays
+    /// queued and goes out when the server reads.
     pub fn notify_raw(&mut self, method: &str, payload: Bytes) -> Result<(), Error> {
         let method = Text::from(method.to_string());
         let timeout = self.call_timeout;
@@ -357,21 +369,25 @@ impl Client {
         let timeout = self.call_timeout;
         let deadline = Instant::now() + timeout;
         self.issue(deadline, timeout, |conn, _| conn.unsubscribe(id))?;
+        let result = if self.conn.core_ref().is_closing() {
+            Ok(())
+        } else {
+            let ev = self.wait_for(
+                Some(deadline),
+                "unsubscribe",
+                timeout,
+                |e| matches!(e, Event::UnsubscribeResult { id: s, .. } if *s == id),
+            )?;
+            match ev {
+                Event::UnsubscribeResult { result, .. } => result.map_err(Error::from),
+                _ => unreachable!("wait_for returns the event it matched"),
+            }
+        };
+        // Everything the server sent before it confirmed is here now.
+        self.absorb_all();
         self.queue.retain(|i| !matches!(i, Incoming::Message { subscription, .. } | Incoming::Lagged { subscription, .. } if *subscription == id));
         self.lag.remove(&id);
-        if self.conn.core_ref().is_closing() {
-            return Ok(());
-        }
-        let ev = self.wait_for(
-            Some(deadline),
-            "unsubscribe",
-            timeout,
-            |e| matches!(e, Event::UnsubscribeResult { id: s, .. } if *s == id),
-        )?;
-        match ev {
-            Event::UnsubscribeResult { result, .. } => result.map_err(Error::from),
-            _ => unreachable!("wait_for returns the event it matched"),
-        }
+        result
     }
 
     /// Publishes a postcard-encoded value on `topic` and waits for the
@@ -399,8 +415,9 @@ impl Client {
         }
     }
 
-    /// Publishes without waiting for an acknowledgement (returns once the
-    /// frame is written or queued).
+    /// Publishes without waiting for an acknowledgement; returns once the
+    /// frame is written (see [`notify_raw`](Self::notify_raw) for a full
+    /// socket).
     pub fn publish_nowait(&mut self, topic: &str, payload: Bytes) -> Result<(), Error> {
         let topic = Text::from(topic.to_string());
         let timeout = self.call_timeout;
@@ -534,6 +551,7 @@ impl Client {
                     // resumed read) is written and read now.
                     self.absorb_all();
                     self.conn.drive(Instant::now());
+                    self.absorb_all();
                     return Ok(ev);
                 }
                 self.absorb(ev);
@@ -548,12 +566,11 @@ impl Client {
     /// Sleeps in `mio::Poll::poll` until readiness, the connection's next
     /// timer, or `deadline` (then [`Error::TimedOut`]).
     fn wait_io(&mut self, deadline: Option<Instant>, what: &'static str, after: Duration) -> Result<(), Error> {
-        if self.conn.has_work() {
+        // More to do without waiting: go on, unless the deadline has passed
+        // (a server that keeps the socket full must not stretch it).
+        if self.conn.has_work() && !deadline.is_some_and(|d| d <= Instant::now()) {
             return Ok(());
         }
-        self.conn
-            .update_interest(self.poll.registry())
-            .map_err(|e| Error::io(format!("register {}", self.endpoint), e))?;
         let now = Instant::now();
         let expired = deadline.is_some_and(|d| d <= now);
         let wake = match (self.conn.deadline(now), deadline) {
@@ -561,7 +578,8 @@ impl Client {
             (a, b) => a.or(b),
         };
         // Even when the deadline has passed, collect what mio has to say
-        // (readiness is edge-triggered: an event not taken now is lost).
+        // (readiness is edge-triggered: an event not taken now is lost; the
+        // next method reads it).
         let wait = if expired { Some(Duration::ZERO) } else { wake.map(|t| t.saturating_duration_since(now)) };
         match self.poll.poll(&mut self.events, wait) {
             Ok(()) => {}
@@ -571,7 +589,7 @@ impl Client {
         for event in self.events.iter() {
             self.conn.ready(event);
         }
-        if expired && !self.conn.has_work() {
+        if expired {
             return Err(Error::TimedOut { what, after });
         }
         Ok(())
@@ -618,8 +636,10 @@ impl Client {
         if self.queue.len() >= self.max_queued {
             // Drop the oldest message (not a notification if avoidable).
             let at = self.queue.iter().position(|i| matches!(i, Incoming::Message { .. })).unwrap_or(0);
-            if let Some(Incoming::Message { subscription, .. }) = self.queue.remove(at) {
-                *self.lag.entry(subscription).or_default() += 1;
+            match self.queue.remove(at) {
+                Some(Incoming::Message { subscription, .. }) => *self.lag.entry(subscription).or_default() += 1,
+                Some(Incoming::Notification { .. }) => self.dropped_notifications += 1,
+                _ => {}
             }
         }
         self.queue.push_back(item);

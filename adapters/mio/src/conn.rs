@@ -34,7 +34,10 @@ const WRITE_SLICES: usize = 64;
 ///    through [`core`](Self::core);
 /// 3. `drive` again if you issued commands or took events (the core may
 ///    want to read again), then wait in `mio::Poll::poll` for at most
-///    [`deadline`](Self::deadline).
+///    [`deadline`](Self::deadline). (A connection wrapped with
+///    [`registered`](Self::registered) also needs
+///    [`update_interest`](Self::update_interest) before the wait; one
+///    registered with [`register`](Self::register) does it in `drive`.)
 ///
 /// When [`is_finished`](Self::is_finished) is true the connection has
 /// ended and everything it queued is written: deregister and drop it.
@@ -55,6 +58,9 @@ pub struct Conn {
     /// Where the stream is registered, and with which interest.
     token: Option<Token>,
     interest: Interest,
+    /// A clone of the registry this connection registered itself with
+    /// ([`Conn::register`]), so that `drive` keeps its interest right.
+    registry: Option<Registry>,
 }
 
 impl Conn {
@@ -72,6 +78,7 @@ impl Conn {
             gather: Vec::new(),
             token: None,
             interest: CONN_INTEREST,
+            registry: None,
         }
     }
 
@@ -83,16 +90,22 @@ impl Conn {
         conn
     }
 
-    /// Registers the stream with `registry` under `token` (edge-triggered).
+    /// Registers the stream with `registry` under `token` (edge-triggered)
+    /// and keeps a clone of the registry (one descriptor), so that
+    /// [`drive`](Self::drive) adds and removes writable interest itself.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         self.token = Some(token);
         self.interest = CONN_INTEREST;
-        self.stream.register(registry, token, CONN_INTEREST)
+        self.stream.register(registry, token, CONN_INTEREST)?;
+        self.registry = Some(registry.try_clone()?);
+        Ok(())
     }
 
     /// Asks mio for writability only while a write is blocked (Unix; a
-    /// no-op elsewhere). Call it after [`drive`](Self::drive), before
-    /// waiting in `poll`.
+    /// no-op elsewhere). [`drive`](Self::drive) does it for a connection
+    /// registered with [`register`](Self::register); one wrapped with
+    /// [`registered`](Self::registered) must call this after `drive`,
+    /// before waiting in `poll` (as [`Server`](crate::Server) does).
     pub fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
         let want = if !self.writable && self.core.transmit_len() > 0 {
             CONN_INTEREST.add(Interest::WRITABLE)
@@ -173,9 +186,10 @@ impl Conn {
     }
 
     /// Whether the connection ended and everything it queued was written
-    /// (or can no longer be): deregister and drop it.
+    /// (or given up: the core drops output a peer does not read within
+    /// `write_stall_timeout` of the end): deregister and drop it.
     pub fn is_finished(&self) -> bool {
-        self.core.is_closed() && (self.core.transmit_len() == 0 || !self.writable && self.eof)
+        self.core.is_closed() && self.core.transmit_len() == 0
     }
 
     /// Does all the I/O that is possible now: fires the core's due timers,
@@ -222,6 +236,13 @@ impl Conn {
         if self.core.is_closed() && self.core.transmit_len() == 0 && !self.shut {
             self.shut = true;
             self.stream.shutdown_write();
+        }
+        if let Some(registry) = self.registry.take() {
+            if let Err(e) = self.update_interest(&registry) {
+                let e = io::Error::new(e.kind(), format!("re-registering the connection with mio: {e}"));
+                self.core.handle_transport_error(&e, now);
+            }
+            self.registry = Some(registry);
         }
     }
 

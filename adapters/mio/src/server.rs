@@ -21,6 +21,21 @@ use crate::net::{BindOptions, Listener};
 /// (EMFILE and the like), instead of spinning on the listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Drives of one connection in one turn of [`Server::poll_event`]: the
+/// first reads; each further one writes the answers to the events the
+/// previous one produced (and reads on). A connection that keeps producing
+/// events goes to the back of the queue after this many.
+const MAX_DRIVES_PER_TURN: u32 = 4;
+
+/// The turn of the connection at the front of the work queue.
+#[derive(Clone, Copy, Debug, Default)]
+struct FrontTurn {
+    /// Drives so far in this turn.
+    drives: u32,
+    /// Events were handed out since the last drive.
+    had_events: bool,
+}
+
 /// What the auth hook is told about a client asking to connect.
 #[derive(Debug)]
 pub struct AuthRequest<'a> {
@@ -153,6 +168,9 @@ pub struct Server {
     peers: HashMap<Token, Peer>,
     by_id: HashMap<u64, Token>,
     work: VecDeque<Token>,
+    /// Turns left in the current pass of `poll_event` (`None`: no pass).
+    turns_left: Option<usize>,
+    front: FrontTurn,
     timers: BTreeSet<(Instant, Token)>,
     next_id: u64,
     established: usize,
@@ -203,6 +221,8 @@ impl Server {
             peers: HashMap::new(),
             by_id: HashMap::new(),
             work: VecDeque::new(),
+            turns_left: None,
+            front: FrontTurn::default(),
             timers: BTreeSet::new(),
             next_id: 1,
             established: 0,
@@ -316,47 +336,72 @@ impl Server {
     /// possible without waiting (writing what commands queued, reading
     /// what arrived). Connections take turns; one connection's events come
     /// in order. `None`: nothing more until mio reports readiness or a
-    /// timer is due.
+    /// timer is due, or every connection had its turn in this pass and some
+    /// still have work (then [`timeout`](Self::timeout) is zero): poll mio,
+    /// then call again. So a connection that never stops sending cannot
+    /// keep the loop from seeing the others, the listener and the timers.
     pub fn poll_event(&mut self, now: Instant) -> Option<ServerEvent> {
+        let limit = self.config.max_outbound_buffered / 2;
         loop {
-            let token = *self.work.front()?;
+            if self.work.is_empty() {
+                self.turns_left = None;
+                return None;
+            }
+            // A pass gives every connection queued at its start one turn;
+            // then `None`, so the loop polls mio (and sees the listener,
+            // timers and the others) even if someone keeps us busy.
+            let turns = *self.turns_left.get_or_insert(self.work.len());
+            if turns == 0 {
+                self.turns_left = None;
+                return None;
+            }
+            let token = *self.work.front().expect("the queue is not empty");
             let Some(peer) = self.peers.get_mut(&token) else {
                 self.work.pop_front();
+                self.front = FrontTurn::default();
                 continue;
             };
             if let Some(event) = peer.conn.poll_event() {
                 let id = peer.id;
+                self.front.had_events = true;
                 if let Some(event) = self.intercept(token, id, event) {
                     return Some(ServerEvent { token, connection_id: id, event });
                 }
                 continue;
             }
-            // No events: flush, pull deliveries, read; then see whether the
-            // connection produced more.
-            let limit = self.config.max_outbound_buffered / 2;
-            if peer.slow && !peer.conn.core_ref().is_closed() {
-                peer.slow = false;
-                let msg = "subscriber too slow; disconnected by its subscription policy";
-                peer.conn.core().abort(Code::SLOW_CONSUMER, msg, now);
-            }
-            if peer.deliveries {
-                let pumped = self.broker.deliver_into(SubscriberId(peer.id), peer.conn.core(), limit);
-                peer.deliveries = !pumped.drained;
-            }
-            peer.conn.drive(now);
-            if let Some(r) = &self.registry
-                && let Err(e) = peer.conn.update_interest(r)
-            {
-                tracing::debug!(error = %e, token = token.0, "wharf: re-registering a connection failed");
-            }
-            if peer.conn.core_ref().has_events() {
+            // No events: flush what the answers queued, pull deliveries,
+            // read. Again after a drive whose events were handed out (to
+            // write their answers), at most MAX_DRIVES_PER_TURN times.
+            if self.front.drives == 0 || (self.front.had_events && self.front.drives < MAX_DRIVES_PER_TURN) {
+                self.front.drives += 1;
+                self.front.had_events = false;
+                if peer.slow && !peer.conn.core_ref().is_closed() {
+                    peer.slow = false;
+                    let msg = "subscriber too slow; disconnected by its subscription policy";
+                    peer.conn.core().abort(Code::SLOW_CONSUMER, msg, now);
+                }
+                if peer.deliveries {
+                    let pumped = self.broker.deliver_into(SubscriberId(peer.id), peer.conn.core(), limit);
+                    peer.deliveries = !pumped.drained;
+                }
+                peer.conn.drive(now);
+                if let Some(r) = &self.registry
+                    && let Err(e) = peer.conn.update_interest(r)
+                {
+                    tracing::debug!(error = %e, token = token.0, "wharf: re-registering a connection failed");
+                }
                 continue;
             }
+            // The turn is over.
+            self.front = FrontTurn::default();
+            self.turns_left = Some(turns - 1);
             if peer.conn.is_finished() {
                 self.remove(token);
                 continue;
             }
-            let more = peer.conn.has_work() || (peer.deliveries && peer.conn.core_ref().transmit_len() < limit);
+            let more = peer.conn.has_work()
+                || peer.conn.core_ref().has_events()
+                || (peer.deliveries && peer.conn.core_ref().transmit_len() < limit);
             self.work.pop_front();
             if more {
                 // Fairness: a busy connection goes to the back of the line.
