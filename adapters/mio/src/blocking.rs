@@ -568,7 +568,7 @@ impl Client {
     fn wait_io(&mut self, deadline: Option<Instant>, what: &'static str, after: Duration) -> Result<(), Error> {
         // More to do without waiting: go on, unless the deadline has passed
         // (a server that keeps the socket full must not stretch it).
-        if self.conn.has_work() && !deadline.is_some_and(|d| d <= Instant::now()) {
+        if self.conn.has_work() && deadline.is_none_or(|d| d > Instant::now()) {
             return Ok(());
         }
         let now = Instant::now();
