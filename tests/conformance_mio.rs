@@ -300,7 +300,7 @@ fn tokio_server(endpoint: Endpoint, token: Option<&'static [u8]>) -> TokioServer
         let mut b = wharf::tokio::server().router(router);
         if let Some(token) = token {
             b = b.auth(move |req: wharf::AuthRequest| async move {
-                if req.auth == token { Ok(()) } else { Err(AuthReject2::new("wrong token")) }
+                if req.auth == token { Ok(()) } else { Err(AuthReject::new("wrong token")) }
             });
         }
         let server = b.bind(endpoint).await.expect("the tokio server binds");
@@ -309,8 +309,6 @@ fn tokio_server(endpoint: Endpoint, token: Option<&'static [u8]>) -> TokioServer
     });
     TokioServer { endpoint, runtime: Some(runtime), server: Some(server) }
 }
-
-use wharf::AuthReject as AuthReject2;
 
 struct CountOnDrop(Arc<AtomicUsize>);
 
