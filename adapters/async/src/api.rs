@@ -98,6 +98,18 @@ impl Session {
     /// Calls `method` with raw bytes. The deadline, metadata and trace id
     /// come from `opts`; dropping the future cancels the call on the peer.
     pub async fn call_raw(&self, method: &str, payload: Bytes, opts: CallOptions) -> Result<Bytes, Error> {
+        self.call_raw_tracked(method, payload, opts).await.map_err(|(e, _sent)| e)
+    }
+
+    /// [`call_raw`](Self::call_raw), telling on failure whether the request
+    /// was handed to the connection (`true`) or refused before that
+    /// (`false`: the peer never saw it).
+    pub(crate) async fn call_raw_tracked(
+        &self,
+        method: &str,
+        payload: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes, (Error, bool)> {
         let mut opts = opts;
         opts.kind = CallKind::Unary;
         let now = self.inner.runtime.now();
@@ -107,7 +119,7 @@ impl Session {
         let mut guard: Option<CallGuard> = None;
         std::future::poll_fn(|cx| {
             if let Some(guard) = &guard {
-                return poll_outcome(&self.inner, guard.id, guard, cx);
+                return poll_outcome(&self.inner, guard.id, guard, cx).map_err(|e| (e, true));
             }
             let mut st = self.inner.lock();
             let method_text = st.names.get(method);
@@ -121,7 +133,7 @@ impl Session {
                     st.writable.push(cx.waker().clone());
                     Poll::Pending
                 }
-                Err(e) => Poll::Ready(Err(st.send_error(e))),
+                Err(e) => Poll::Ready(Err((st.send_error(e), false))),
             }
         })
         .await
@@ -444,6 +456,33 @@ impl<T> Subscription<T> {
     }
 }
 
+impl<T> Subscription<T> {
+    /// The next undecoded item, or the end of the subscription.
+    pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<SubItem, Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let mut st = self.inner.lock();
+        let Some(s) = st.subs.get_mut(&self.id.0) else {
+            self.ended = true;
+            return Poll::Ready(None);
+        };
+        match s.queue.pop_front() {
+            Some(item) => Poll::Ready(Some(Ok(item))),
+            None => match s.ended.clone() {
+                Some(e) => {
+                    self.ended = true;
+                    Poll::Ready(Some(Err(e)))
+                }
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+        }
+    }
+}
+
 impl<T: DeserializeOwned> Subscription<T> {
     /// The next event, or `None` once the subscription has ended.
     pub async fn next(&mut self) -> Option<Result<SubscriptionEvent<T>, Error>> {
@@ -456,28 +495,11 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        let item = {
-            let mut st = this.inner.lock();
-            let Some(s) = st.subs.get_mut(&this.id.0) else {
-                this.ended = true;
-                return Poll::Ready(None);
-            };
-            match s.queue.pop_front() {
-                Some(item) => item,
-                None => match s.ended.clone() {
-                    Some(e) => {
-                        this.ended = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    None => {
-                        s.waker = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                },
-            }
+        let item = match this.poll_raw(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Ok(item))) => item,
         };
         Poll::Ready(Some(match item {
             SubItem::Lagged(n) => Ok(SubscriptionEvent::Lagged(n)),

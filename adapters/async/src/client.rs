@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wharf_core::{Config, Connection, Text};
-use wharf_transport::PeerIdentity;
+use wharf_transport::{Endpoint, PeerIdentity};
 
 use crate::api::{Client, Session};
 use crate::backend::{Backend, IntoEndpoint};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::io::ByteStream;
+use crate::reconnect::{ReconnectPolicy, ReconnectingClient};
 use crate::router::Router;
 use crate::session::{Driver, Inner};
 
@@ -97,23 +98,68 @@ impl ClientBuilder {
     /// Connects to `endpoint` and completes the handshake.
     pub async fn connect(self, endpoint: impl IntoEndpoint) -> Result<Client, Error> {
         let endpoint = endpoint.into_endpoint()?;
-        let (stream, peer) = self.backend.network.connect(&endpoint, self.connect_timeout).await?;
-        self.connect_stream(stream, peer).await
+        self.into_parts().connect(&endpoint).await
+    }
+
+    /// Connects to `endpoint` like [`connect`](Self::connect), then keeps
+    /// the client connected: when the connection ends, the returned
+    /// [`ReconnectingClient`] connects again with the builder's settings,
+    /// waiting between attempts as `policy` says (capped exponential backoff
+    /// with jitter, never less than the server's GOODBYE `reconnect_after`
+    /// hint). The first connection is not retried: if it fails, this returns
+    /// its error, as `connect` does.
+    pub async fn connect_reconnecting(
+        self,
+        endpoint: impl IntoEndpoint,
+        policy: ReconnectPolicy,
+    ) -> Result<ReconnectingClient, Error> {
+        let endpoint = endpoint.into_endpoint()?;
+        let parts = self.into_parts();
+        let first = parts.connect(&endpoint).await?;
+        Ok(ReconnectingClient::start(parts, endpoint, policy, first))
     }
 
     /// Runs the protocol over an already connected stream.
     pub async fn connect_stream(self, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> Result<Client, Error> {
+        self.into_parts().connect_stream(stream, peer).await
+    }
+
+    fn into_parts(self) -> ConnectParts {
+        ConnectParts {
+            backend: self.backend,
+            config: Arc::new(self.config),
+            auth: self.auth,
+            router: Arc::new(self.router),
+            codec: self.codec,
+            sub_queue: self.sub_queue,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// A [`ClientBuilder`]'s settings, kept to connect again and again.
+pub(crate) struct ConnectParts {
+    pub(crate) backend: Backend,
+    pub(crate) config: Arc<Config>,
+    auth: Bytes,
+    router: Arc<Router>,
+    pub(crate) codec: Codec,
+    sub_queue: usize,
+    connect_timeout: Duration,
+}
+
+impl ConnectParts {
+    /// Connects to `endpoint` and completes the handshake.
+    pub(crate) async fn connect(&self, endpoint: &Endpoint) -> Result<Client, Error> {
+        let (stream, peer) = self.backend.network.connect(endpoint, self.connect_timeout).await?;
+        self.connect_stream(stream, peer).await
+    }
+
+    async fn connect_stream(&self, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> Result<Client, Error> {
         let now = self.backend.runtime.now();
-        let conn = Connection::client(Arc::new(self.config), self.auth, now)?;
-        let inner = Inner::new(
-            conn,
-            self.backend.runtime.clone(),
-            Arc::new(self.router),
-            peer,
-            self.codec,
-            None,
-            self.sub_queue,
-        );
+        let conn = Connection::client(self.config.clone(), self.auth.clone(), now)?;
+        let inner =
+            Inner::new(conn, self.backend.runtime.clone(), self.router.clone(), peer, self.codec, None, self.sub_queue);
         self.backend.runtime.spawn(Box::pin(Driver::new(inner.clone(), stream)));
         std::future::poll_fn(|cx| {
             let mut st = inner.lock();

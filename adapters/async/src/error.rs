@@ -44,6 +44,16 @@ pub enum Error {
         /// The local buffer limit that was exceeded.
         buffered: usize,
     },
+    /// A [`ReconnectingClient`](crate::ReconnectingClient) stopped trying:
+    /// `attempts` reconnection attempts failed in a row (its policy's
+    /// `max_attempts`), or the server refused the handshake for good.
+    #[error("gave up reconnecting after {attempts} failed attempts{}", match last { Some(e) => format!(": {e}"), None => String::new() })]
+    ReconnectGaveUp {
+        /// How many attempts failed.
+        attempts: u32,
+        /// Why the last one failed.
+        last: Option<Box<Error>>,
+    },
     /// A local limit or misuse (see [`SendError`]).
     #[error(transparent)]
     Send(SendError),
@@ -107,7 +117,7 @@ impl Error {
             Error::SlowConsumer { .. } => Code::SLOW_CONSUMER,
             Error::TimedOut(_) => Code::DEADLINE_EXCEEDED,
             Error::Cancelled => Code::CANCELLED,
-            Error::ConnectionLost(_) => Code::CONNECTION_LOST,
+            Error::ConnectionLost(_) | Error::ReconnectGaveUp { .. } => Code::CONNECTION_LOST,
             Error::Send(SendError::TooLarge { .. }) => Code::TOO_LARGE,
             Error::Send(SendError::TooManyInFlight { .. }) => Code::BUSY,
             Error::Send(_) | Error::Encode { .. } | Error::Transport(_) | Error::Io { .. } | Error::Config(_) => {
@@ -178,6 +188,7 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::ConnectionLost(c) => c.io_kind(),
             Error::TimedOut(_) => io::ErrorKind::TimedOut,
+            Error::ReconnectGaveUp { .. } => io::ErrorKind::NotConnected,
             Error::Transport(t) => t.kind(),
             Error::Io { source, .. } => source.kind(),
             Error::Decode { .. } | Error::Encode { .. } => io::ErrorKind::InvalidData,

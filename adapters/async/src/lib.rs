@@ -10,6 +10,10 @@
 //! ([`wharf_core::Connection`]) and the socket; handles lock the state for
 //! a moment to issue a command and wake the driver, which writes with
 //! vectored writes, never flushing per message.
+//!
+//! [`ReconnectingClient`] keeps a client connected across server restarts:
+//! capped exponential backoff with jitter, calls never re-sent unless marked
+//! idempotent, subscriptions made again with a [`ReconnectEvent::Gap`].
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -20,6 +24,7 @@ mod client;
 mod codec;
 mod error;
 mod io;
+mod reconnect;
 mod router;
 mod runtime;
 mod server;
@@ -32,6 +37,9 @@ pub use client::ClientBuilder;
 pub use codec::{CONTENT_TYPE, Codec};
 pub use error::Error;
 pub use io::{ByteListener, ByteStream, FuturesIo};
+pub use reconnect::{
+    ConnectionState, ReconnectAttempt, ReconnectEvent, ReconnectPolicy, ReconnectingClient, ReconnectingSubscription,
+};
 pub use router::{Context, Router};
 pub use runtime::{BoxFuture, Runtime, Timer};
 pub use server::{AuthRequest, DEFAULT_MAX_CONNECTIONS, Server, ServerBuilder, SessionInfo};
