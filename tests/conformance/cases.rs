@@ -17,9 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use wharf::core::Bytes;
 use wharf::transport::{SUN_PATH_LEN, TransportError};
 use wharf::{
-    AuthReject, AuthRequest, BrokerConfig, CallOptions, Client, Code, Codec, Config, ConnectionError, Context,
-    Endpoint, Error, Goodbye, Metadata, PeerIdentity, Receiver, Router, Sender, SessionInfo, Subscription,
-    SubscriptionEvent, Timeout,
+    AuthReject, AuthRequest, BrokerConfig, CallOptions, Client, Code, Codec, Config, ConnectionError, ConnectionState,
+    Context, Endpoint, Error, Goodbye, Metadata, PeerIdentity, Receiver, ReconnectEvent, ReconnectPolicy,
+    ReconnectingSubscription, Router, Sender, SessionInfo, Subscription, SubscriptionEvent, Timeout,
 };
 
 use super::{DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch, runtime_sleep};
@@ -1588,4 +1588,219 @@ pub async fn unix_connect_to_stale_socket(env: &Env) {
     let _server = env.server().router(basic_router()).bind(&ep).await.expect("reclaiming a stale socket");
     let client = env.connect(&ep).await;
     echo_ok(&client, "on a reclaimed path").await;
+}
+
+// ---------------------------------------------------------------------------
+// Reconnecting client (S3)
+// ---------------------------------------------------------------------------
+
+/// A router counting the runs of `once` (not idempotent) and `idem`
+/// (idempotent); on the first server both hang until the server goes away,
+/// on the second they answer at once.
+fn restart_router(once: &Watch<usize>, idem: &Watch<usize>, hang: bool) -> Router {
+    let (once, idem) = (once.clone(), idem.clone());
+    basic_router()
+        .unary("once", move |(): (), _ctx: Context| {
+            let once = once.clone();
+            async move {
+                once.incr();
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u32, Error>(1)
+            }
+        })
+        .unary("idem", move |(): (), _ctx: Context| {
+            let idem = idem.clone();
+            async move {
+                idem.incr();
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u32, Error>(42)
+            }
+        })
+}
+
+/// Binds `make` on `ep` again after the previous server there went away
+/// (a TCP port can stay busy for a moment).
+async fn rebind(env: &Env, ep: &Endpoint, make: impl Fn() -> wharf::ServerBuilder) -> wharf::Server {
+    for _ in 0..100 {
+        match make().bind(ep).await {
+            Ok(server) => return server,
+            Err(Error::Transport(t)) if t.kind() == std::io::ErrorKind::AddrInUse => {
+                env.sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("binding {ep} again failed: {e:?}"),
+        }
+    }
+    panic!("{ep} stayed in use");
+}
+
+fn restart_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(80))
+        .factor(2.0)
+        .jitter(0.5)
+        .seed(7)
+}
+
+async fn next_reconnect_event<T: DeserializeOwned + fmt::Debug>(
+    env: &Env,
+    sub: &mut ReconnectingSubscription<T>,
+) -> ReconnectEvent<T> {
+    match env.within(WAIT, "a reconnecting subscription's event", sub.next()).await {
+        Some(Ok(ev)) => ev,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// S3, server restart plus reconnect: a reconnecting client whose server
+/// is aborted and started again on the same endpoint reconnects (observed
+/// through its state), with backoff delays that grow and stay under the
+/// cap (the policy's records, not the clock); the non-idempotent call in
+/// flight fails with `ConnectionLost` and runs on no server again; the
+/// idempotent one is sent once more and succeeds; a call made while
+/// disconnected waits for the new connection (or times out within its own
+/// deadline); the subscription reports a gap, then gets the new server's
+/// messages; the GOODBYE `reconnect_after` hint bounds the next delay from
+/// below; `close` stops it all.
+pub async fn reconnecting_client_survives_server_restart(env: &Env) {
+    let once = [Watch::new(0usize), Watch::new(0usize)];
+    let idem = [Watch::new(0usize), Watch::new(0usize)];
+    let (server1, ep) = env.bind(|| env.server().router(restart_router(&once[0], &idem[0], true))).await;
+    let policy = restart_policy();
+    let client = match env.client().connect_reconnecting(&ep, policy.clone()).await {
+        Ok(c) => c,
+        Err(e) => panic!("connecting to {ep} failed: {e:?}"),
+    };
+    assert_eq!(client.state(), ConnectionState::Connected { generation: 1 });
+    let mut sub = client.subscribe::<u32>("news").await.expect("subscribe");
+    let publisher = env.connect(&ep).await;
+    assert_eq!(publisher.publish("news", &1u32).await.ok(), Some(1));
+    assert!(matches!(next_reconnect_event(env, &mut sub).await, ReconnectEvent::Message { value: 1, .. }));
+
+    let once_call = {
+        let client = client.clone();
+        env.spawn(async move { client.call::<_, u32>("once", &()).await })
+    };
+    let idem_call = {
+        let client = client.clone();
+        env.spawn(async move { client.call_idempotent::<_, u32>("idem", &(), CallOptions::new()).await })
+    };
+    env.within(WAIT, "both handlers to start", async {
+        once[0].wait(|n| *n == 1).await;
+        idem[0].wait(|n| *n == 1).await;
+    })
+    .await;
+
+    env.within(WAIT, "the first server to abort", server1.abort()).await;
+    match env.within(WAIT, "the non-idempotent call in flight", once_call.join()).await {
+        Err(Error::ConnectionLost(_)) => {}
+        other => panic!("a call in flight when the connection dropped: expected ConnectionLost, got {other:?}"),
+    }
+    // The server stays down until the client has failed several attempts.
+    let seen = env
+        .within(
+            WAIT,
+            "the client to fail reconnecting a few times",
+            client.wait_state(|s| matches!(s, ConnectionState::Reconnecting { attempt, .. } if *attempt >= 5)),
+        )
+        .await;
+    assert!(matches!(seen, ConnectionState::Reconnecting { .. }), "{seen:?}");
+    assert!(client.session().is_none());
+    let short = client
+        .call_with::<_, String>(
+            "echo",
+            "too late",
+            CallOptions::new().timeout(Timeout::After(Duration::from_millis(30))),
+        )
+        .await;
+    assert!(matches!(short, Err(Error::TimedOut(_))), "a call while disconnected, past its deadline: {short:?}");
+    let waiting = {
+        let client = client.clone();
+        env.spawn(async move { client.call::<_, String>("echo", "while down").await })
+    };
+    assert!(!idem_call.is_finished(), "the idempotent call ended before the server came back");
+
+    let server2 = rebind(env, &ep, || env.server().router(restart_router(&once[1], &idem[1], false))).await;
+    let state = env.within(WAIT, "the client to reconnect", client.wait_state(|s| s.is_connected())).await;
+    assert_eq!(state, ConnectionState::Connected { generation: 2 });
+
+    let r = env.within(WAIT, "the idempotent call", idem_call.join()).await;
+    assert_eq!(r.ok(), Some(42), "the idempotent call is sent again on the new connection");
+    assert_eq!((idem[0].get(), idem[1].get()), (1, 1), "the idempotent call ran once per server");
+    let r = env.within(WAIT, "the call made while disconnected", waiting.join()).await;
+    assert_eq!(r.ok().as_deref(), Some("while down"));
+    let r: Result<String, Error> = client.call("echo", "after").await;
+    assert_eq!(r.ok().as_deref(), Some("after"), "a new call on the new connection");
+    assert_eq!((once[0].get(), once[1].get()), (1, 0), "the non-idempotent call was not executed twice");
+
+    // The subscription: a gap, then the new server's messages.
+    assert_eq!(next_reconnect_event(env, &mut sub).await, ReconnectEvent::Gap { generation: 2 });
+    assert_eq!(sub.generation(), 2);
+    let publisher = env.connect(&ep).await;
+    assert_eq!(publisher.publish("news", &2u32).await.ok(), Some(1), "the subscription was made again");
+    assert!(matches!(next_reconnect_event(env, &mut sub).await, ReconnectEvent::Message { value: 2, .. }));
+
+    // The backoff the policy recorded: attempts 1..n, each base the capped
+    // exponential one, growing until the cap, each delay within [base/2, base].
+    let attempts = client.attempts();
+    assert!(attempts.len() >= 5, "{attempts:?}");
+    for (i, a) in attempts.iter().enumerate() {
+        assert_eq!(a.attempt as usize, i + 1, "{attempts:?}");
+        assert_eq!(a.base, policy.base_delay(a.attempt), "{a:?}");
+        assert!(a.delay <= a.base && a.base <= policy.max_delay, "over the cap: {a:?}");
+        assert!(a.delay >= a.base / 2, "{a:?}");
+    }
+    for w in attempts.windows(2) {
+        assert!(w[1].base > w[0].base || w[1].base == policy.max_delay, "the base delay must grow: {w:?}");
+    }
+    assert!(attempts[4].delay > attempts[0].delay, "{attempts:?}");
+
+    // A graceful shutdown with a hint: the next wait is at least the hint.
+    let hint = Duration::from_millis(400);
+    env.within(WAIT, "the second server to shut down", server2.shutdown("restarting", Some(hint))).await;
+    env.within(
+        WAIT,
+        "the client to start reconnecting after the GOODBYE",
+        client.wait_state(|s| matches!(s, ConnectionState::Reconnecting { .. })),
+    )
+    .await;
+    // (Found by its hint: on a loaded machine the next attempts may be
+    // recorded already.)
+    let attempts = client.attempts();
+    let hinted = attempts.iter().rev().find(|a| a.hint.is_some()).expect("an attempt after the GOODBYE");
+    assert_eq!((hinted.attempt, hinted.hint), (1, Some(hint)), "{attempts:?}");
+    assert!(hinted.delay >= hint, "the hint is a lower bound: {hinted:?}");
+
+    env.within(WAIT, "close", client.close()).await;
+    assert_eq!(client.state(), ConnectionState::Closed);
+    let r: Result<String, Error> = client.call("echo", "closed").await;
+    assert!(matches!(r, Err(Error::ConnectionLost(ConnectionError::LocallyClosed { .. }))), "{r:?}");
+    let end = env.within(WAIT, "the subscription to end", sub.next()).await;
+    assert!(matches!(end, Some(Err(Error::ConnectionLost(_)))), "{end:?}");
+    assert!(sub.next().await.is_none());
+}
+
+/// A reconnecting client with `max_attempts` gives up when the server does
+/// not come back: its state says so, calls fail with `ReconnectGaveUp`, and
+/// so does the subscription, which then ends.
+pub async fn reconnecting_client_gives_up_after_max_attempts(env: &Env) {
+    let (server, ep) = env.bind(|| env.server().router(basic_router())).await;
+    let policy = restart_policy().max_attempts(3);
+    let client = env.client().connect_reconnecting(&ep, policy).await.expect("connect");
+    let mut sub = client.subscribe::<u32>("news").await.expect("subscribe");
+    echo_ok(&client.session().expect("connected"), "before").await;
+    env.within(WAIT, "the server to abort", server.abort()).await;
+    let state = env.within(WAIT, "the client to give up", client.wait_state(|s| s.is_final())).await;
+    assert_eq!(state, ConnectionState::GaveUp { attempts: 3 });
+    assert_eq!(client.attempts().len(), 3);
+    assert!(client.last_error().is_some());
+    let r: Result<String, Error> = client.call("echo", "after").await;
+    assert!(matches!(r, Err(Error::ReconnectGaveUp { attempts: 3, .. })), "{r:?}");
+    let end = env.within(WAIT, "the subscription to end", sub.next()).await;
+    assert!(matches!(end, Some(Err(Error::ReconnectGaveUp { .. }))), "{end:?}");
+    assert!(sub.next().await.is_none());
 }

@@ -550,6 +550,9 @@ macro_rules! conformance {
                 ping_both_ways,
                 server_killed_mid_call_fails_every_call_within_a_second,
                 client_killed_mid_call_cancels_handlers,
+                // reconnecting client (S3)
+                reconnecting_client_survives_server_restart,
+                reconnecting_client_gives_up_after_max_attempts,
                 // endpoint errors
                 second_bind_refused_first_keeps_serving,
                 connect_to_missing_endpoint,
