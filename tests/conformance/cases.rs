@@ -1388,6 +1388,8 @@ pub async fn peer_role(env: &Env, role: &str, endpoint: Endpoint) {
             println!("{PEER_READY}");
             env.sleep(PEER_LIFETIME).await;
         }
+        #[cfg(target_os = "linux")]
+        other if super::faults::peer_role(env, other, &endpoint).await => {}
         other => panic!("unknown peer role {other:?}"),
     }
 }

@@ -24,6 +24,8 @@
 
 pub mod adapters;
 pub mod cases;
+#[cfg(target_os = "linux")]
+pub mod faults;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -464,6 +466,11 @@ impl Peer {
     pub async fn ready(&self) -> bool {
         self.lines.wait(|v| v.iter().any(|l| l.contains(PEER_READY) || l == "<eof>")).await;
         self.lines.with(|v| v.iter().any(|l| l.contains(PEER_READY)))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the peer printed so far.

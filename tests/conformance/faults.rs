@@ -1,0 +1,716 @@
+//! Fault scenarios (§3 of the design notes' reliability checklist) as
+//! cases over Unix sockets on Linux: clients killed in a loop, fd
+//! exhaustion on accept, slow-loris handshakes, a peer that never reads,
+//! and (ignored by default) 10,000 connections. They are instantiated per
+//! adapter by `tests/faults.rs`, which runs them one at a time: they count
+//! this process's file descriptors and memory, which other tests running
+//! beside them would disturb.
+//!
+//! Waits are bounded so that a hang fails instead of stalling the run.
+//! The bounds are generous and are not performance assertions; the one
+//! CPU bound (EMFILE) is a busy-loop guard, as its comment says. Each case
+//! prints what it measured (run with `--nocapture` to see it), which is
+//! where docs/RELIABILITY.md's figures come from.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use wharf::core::{Bytes, CallOptions, Connection, Event};
+use wharf::{Client, Config, ConnectionError, Context, Endpoint, Error, Router};
+
+use super::{Adapter, DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch};
+
+/// Bound on waiting for something that should happen at once.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// How long a fault peer process lives if nobody kills it.
+const PEER_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Calls each killed client leaves in the server's handlers.
+const CALLS_PER_CLIENT: usize = 4;
+
+/// Runs one fault case on a fresh runtime of `A` over Unix sockets, bounded
+/// by `limit` (a hang guard).
+pub fn run<A: Adapter>(
+    module: &str,
+    case: &str,
+    limit: Duration,
+    body: impl for<'a> FnOnce(&'a Env) -> Pin<Box<dyn std::future::Future<Output = ()> + 'a>>,
+) {
+    let peer_test = super::peer_test_name(module);
+    A::block_on(async move {
+        let env = Env::new::<A>(Transport::Unix, peer_test, true);
+        let what = format!("fault case {case} on {}", A::name());
+        env.within(limit, &what, body(&env)).await;
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Measuring a process (Linux /proc)
+// ---------------------------------------------------------------------------
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    // The directory's own descriptor is counted too, every time alike.
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+/// Resident set size of `pid` (this process if `None`), in KiB.
+pub fn rss_kib(pid: Option<u32>) -> u64 {
+    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
+    let status = std::fs::read_to_string(path).expect("/proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// CPU time (user + system) `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces) start at field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/<pid>/stat") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Sets this process's soft RLIMIT_NOFILE (clamped to the hard limit);
+/// returns the soft limit now in force.
+pub fn set_nofile(soft: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for the call to fill and then read.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
+    }
+    lim.rlim_cur
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), so a failing
+/// kill schedule can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+async fn eventually(env: &Env, what: &str, mut f: impl FnMut() -> bool) {
+    env.within(WAIT, what, async {
+        while !f() {
+            env.sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+fn echo_router() -> Router {
+    Router::new().unary("echo", |s: String, _ctx: Context| async move { Ok::<_, Error>(s) })
+}
+
+async fn echo_ok(client: &Client, what: &str) {
+    let r: Result<String, Error> = client.call("echo", what).await;
+    assert_eq!(r.as_deref().map_err(|e| e.to_string()), Ok(what), "echo {what:?}");
+}
+
+async fn ready(env: &Env, peer: &Peer, what: &str) {
+    let ok = env.within(Duration::from_secs(60), what, peer.ready()).await;
+    assert!(ok, "{what}: the peer process exited: {:?}", peer.output());
+}
+
+// ---------------------------------------------------------------------------
+// Peer processes
+// ---------------------------------------------------------------------------
+
+/// The fault cases' peer-process roles; false if `role` is not one.
+pub async fn peer_role(env: &Env, role: &str, endpoint: &Endpoint) -> bool {
+    match role.split_once(':').map_or((role, ""), |(r, arg)| (r, arg)) {
+        // A client with calls in the server's handlers and a subscription.
+        ("fault-client", _) => {
+            let client = env.connect(endpoint).await;
+            let _sub = client.subscribe::<u32>("fault/topic").await.expect("subscribe");
+            let _calls: Vec<Task<Result<(), Error>>> = (0..CALLS_PER_CLIENT)
+                .map(|_| {
+                    let client = client.clone();
+                    env.spawn(async move { client.call::<_, ()>("hang", &()).await })
+                })
+                .collect();
+            println!("{PEER_READY}");
+            env.sleep(PEER_LIFETIME).await;
+        }
+        // An echo server whose open-file limit leaves room for a few
+        // connections only.
+        ("emfile-server", headroom) => {
+            let headroom: u64 = headroom.parse().expect("emfile-server:<headroom>");
+            let server = env.server().router(echo_router()).bind(endpoint).await.expect("bind");
+            let limit = set_nofile(open_fds() as u64 + headroom);
+            println!("{PEER_READY} fds={} limit={limit}", open_fds());
+            env.sleep(PEER_LIFETIME).await;
+            drop(server);
+        }
+        // `n` idle clients.
+        ("many-clients", n) => {
+            let n: usize = n.parse().expect("many-clients:<n>");
+            set_nofile(u64::MAX);
+            let clients: Watch<Vec<Client>> = Watch::new(Vec::with_capacity(n));
+            let per = n.div_ceil(8);
+            let tasks: Vec<Task<()>> = (0..8)
+                .map(|k| {
+                    let (clients, ep) = (clients.clone(), endpoint.clone());
+                    let count = per.min(n.saturating_sub(k * per));
+                    let backend = env.client_backend.clone();
+                    env.spawn(async move {
+                        for _ in 0..count {
+                            let c = wharf::ClientBuilder::new(backend.clone())
+                                .connect(&ep)
+                                .await
+                                .unwrap_or_else(|e| panic!("client: {e:?}"));
+                            clients.update(|v| v.push(c));
+                        }
+                    })
+                })
+                .collect();
+            join_all(tasks.into_iter().map(Task::join)).await;
+            println!("{PEER_READY} clients={}", clients.with(Vec::len));
+            env.sleep(PEER_LIFETIME).await;
+        }
+        _ => return false,
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------
+// S1: clients killed with SIGKILL in a loop
+// ---------------------------------------------------------------------------
+
+/// S1. Client processes killed with SIGKILL at pseudo-random points
+/// (while starting, connecting or in the handshake; or with calls in the
+/// server's handlers and a subscription open), `iterations` times. After
+/// each kill the server forgets the connection; at the end its fd count,
+/// connection count, subscription table and handlers are back to the
+/// baseline taken after a warm-up client, and it still serves.
+pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
+    let started = Watch::new(0usize);
+    let dropped = Watch::new(0usize);
+    let router = {
+        let (started, dropped) = (started.clone(), dropped.clone());
+        echo_router().unary("hang", move |(): (), _ctx: Context| {
+            let (started, dropped) = (started.clone(), dropped.clone());
+            async move {
+                let _flag = DropFlag(dropped);
+                started.incr();
+                std::future::pending::<()>().await;
+                Ok::<(), Error>(())
+            }
+        })
+    };
+    let (server, ep) = env.bind(|| env.server().router(router.clone())).await;
+
+    // Warm-up: one client killed once its calls run, so that everything
+    // the runtime and the server allocate lazily exists before the baseline.
+    let mut peer = env.spawn_peer("fault-client", &ep);
+    ready(env, &peer, "the warm-up client to start").await;
+    env.within(WAIT, "the warm-up calls to start", started.wait(|n| *n == CALLS_PER_CLIENT)).await;
+    peer.kill();
+    drop(peer);
+    eventually(env, "the warm-up client to be forgotten", || {
+        server.connection_count() == 0 && dropped.get() == started.get()
+    })
+    .await;
+    env.sleep(Duration::from_millis(100)).await;
+    let fds_before = open_fds();
+    let rss_before = rss_kib(None);
+
+    let seed = 0x5eed_0000 ^ iterations as u64;
+    let mut rng = Rng(seed);
+    let (mut early, mut late) = (0usize, 0usize);
+    let t0 = Instant::now();
+    let mut worst_forget = Duration::ZERO;
+    for i in 0..iterations {
+        let want = started.get() + CALLS_PER_CLIENT;
+        let mut peer = env.spawn_peer("fault-client", &ep);
+        if rng.below(3) == 0 {
+            // Early: somewhere in process start-up, connect or handshake.
+            env.sleep(Duration::from_millis(rng.below(40))).await;
+            early += 1;
+        } else {
+            ready(env, &peer, "a client to start").await;
+            let what = format!("iteration {i} (seed {seed:#x}): the client's calls to start");
+            env.within(WAIT, &what, started.wait(|n| *n >= want)).await;
+            env.sleep(Duration::from_millis(rng.below(5))).await;
+            late += 1;
+        }
+        let killed = peer.kill();
+        drop(peer);
+        let what = format!("iteration {i} (seed {seed:#x}): the killed client's connection and handlers to go");
+        eventually(env, &what, || server.connection_count() == 0 && dropped.get() == started.get()).await;
+        worst_forget = worst_forget.max(killed.elapsed());
+    }
+    let elapsed = t0.elapsed();
+
+    // Back to the baseline. The peer handles' stdout readers end at EOF,
+    // on their own threads: give them a moment.
+    let mut fds_after = open_fds();
+    for _ in 0..200 {
+        if fds_after <= fds_before {
+            break;
+        }
+        env.sleep(Duration::from_millis(10)).await;
+        fds_after = open_fds();
+    }
+    let rss_after = rss_kib(None);
+    eprintln!(
+        "S1 {}: {iterations} kills ({early} early, {late} with calls and a subscription) in {elapsed:?}; \
+         fds {fds_before} -> {fds_after}; RSS {rss_before} -> {rss_after} KiB; slowest cleanup {worst_forget:?}; \
+         handlers started {} dropped {}",
+        env.adapter,
+        started.get(),
+        dropped.get()
+    );
+    assert_eq!(fds_after, fds_before, "file descriptors leaked over {iterations} killed clients");
+    assert_eq!(server.connection_count(), 0, "connections left");
+    assert_eq!(started.get(), dropped.get(), "handlers of killed clients still running");
+    let report = server.publish("fault/topic", &1u32).expect("publish");
+    assert_eq!(report.queued, 0, "subscriptions of killed clients left in the broker: {report:?}");
+    // A leak guard, not a measurement: 64 MiB is far above the noise of
+    // the allocator and far below what a per-connection leak of buffers
+    // (tens of KiB each) over the heavy run's thousands of kills would add.
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB over {iterations} killed clients"
+    );
+    let client = env.connect(&ep).await;
+    echo_ok(&client, "after the kills").await;
+    client.close("done").await;
+}
+
+// ---------------------------------------------------------------------------
+// S7: EMFILE on accept
+// ---------------------------------------------------------------------------
+
+/// S7. A server process whose open-file limit leaves room for a few
+/// connections, and more clients than that: the accept loop hits EMFILE,
+/// does not spin while saturated, and serves every waiting client once
+/// descriptors are freed.
+pub async fn emfile_on_accept_backs_off_and_recovers(env: &Env) {
+    const CLIENTS: usize = 40;
+    const HEADROOM: u64 = 8;
+    let ep = env.endpoint();
+    let peer = env.spawn_peer(&format!("emfile-server:{HEADROOM}"), &ep);
+    ready(env, &peer, "the fd-limited server to start").await;
+    let pid = peer.pid();
+    eprintln!("S7 {}: server says {:?}", env.adapter, peer.output());
+
+    let connected = Watch::new(0usize);
+    let release = Watch::new(false);
+    // Clients wait in the listen backlog while the server cannot accept:
+    // their handshake deadline must outlast that.
+    let config = Config { handshake_timeout: Duration::from_secs(120), ..Config::default() };
+    let clients: Vec<Task<Result<(), String>>> = (0..CLIENTS)
+        .map(|i| {
+            let builder = env.client().config(config.clone()).connect_timeout(Duration::from_secs(60));
+            let (ep, connected, release) = (ep.clone(), connected.clone(), release.clone());
+            env.spawn(async move {
+                let client = builder.connect(&ep).await.map_err(|e| format!("client {i}: connect: {e:?}"))?;
+                let r: Result<String, Error> = client.call("echo", &format!("c{i}")).await;
+                if r.as_deref().ok() != Some(format!("c{i}").as_str()) {
+                    return Err(format!("client {i}: echo: {r:?}"));
+                }
+                connected.incr();
+                release.raised().await;
+                client.close("done").await;
+                Ok(())
+            })
+        })
+        .collect();
+
+    // Saturated: the count stops growing below CLIENTS.
+    let mut last = usize::MAX;
+    let mut stable_since = Instant::now();
+    env.within(WAIT, "the accepted clients to settle", async {
+        loop {
+            let n = connected.get();
+            if n != last {
+                last = n;
+                stable_since = Instant::now();
+            } else if n > 0 && stable_since.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+            env.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let served_while_saturated = connected.get();
+    assert!(
+        served_while_saturated < CLIENTS,
+        "all {CLIENTS} clients were served with {HEADROOM} spare descriptors: the limit never bit"
+    );
+
+    // Busy-loop guard, not a speed assertion: a failing accept that is
+    // retried at once keeps a core busy (100 %); backing off costs almost
+    // nothing. Half a core over two seconds fails only a spin.
+    const WINDOW: Duration = Duration::from_secs(2);
+    let (cpu0, t0) = (cpu_time(pid), Instant::now());
+    env.sleep(WINDOW).await;
+    let (cpu, wall) = (cpu_time(pid) - cpu0, t0.elapsed());
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    eprintln!(
+        "S7 {}: {served_while_saturated}/{CLIENTS} served while saturated; server CPU {cpu:?} over {wall:?} \
+         ({:.1} % of one core)",
+        env.adapter,
+        share * 100.0
+    );
+    assert!(share < 0.5, "the fd-starved server used {cpu:?} of CPU in {wall:?}: is accept spinning on EMFILE?");
+    assert_eq!(connected.get(), served_while_saturated, "more clients were served while saturated");
+
+    // Free the descriptors: every waiting client is served in turn.
+    let t_release = Instant::now();
+    release.raise();
+    for c in clients {
+        let r = env.within(Duration::from_secs(60), "a waiting client to be served", c.join()).await;
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+    eprintln!("S7 {}: all {CLIENTS} served {:?} after the release", env.adapter, t_release.elapsed());
+    assert_eq!(connected.get(), CLIENTS);
+    drop(peer);
+}
+
+// ---------------------------------------------------------------------------
+// S8: slow-loris handshakes
+// ---------------------------------------------------------------------------
+
+/// The bytes a client sends first (preamble and HELLO).
+fn hello_bytes() -> Vec<u8> {
+    let mut conn = Connection::client(Arc::new(Config::default()), Bytes::new(), Instant::now()).expect("client");
+    let mut out = Vec::new();
+    loop {
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = conn.transmit_slices(Instant::now(), &mut slices);
+        if n == 0 {
+            return out;
+        }
+        let len: usize = slices[..n].iter().map(|s| s.len()).sum();
+        for s in &slices[..n] {
+            out.extend_from_slice(s);
+        }
+        conn.advance_transmit(len, Instant::now());
+    }
+}
+
+/// S8. 64 connections dribble their handshake one byte every 100 ms
+/// (slower than the handshake timeout allows). A legitimate client is
+/// served meanwhile, and every dribbler is closed at the handshake timeout.
+pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
+    const LORIS: usize = 64;
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+    let config = Config { handshake_timeout: HANDSHAKE_TIMEOUT, ..Config::default() };
+    let (server, ep) = env.bind(|| env.server().config(config.clone()).router(echo_router())).await;
+    let path = match &ep {
+        Endpoint::Unix(p) => p.clone(),
+        other => panic!("a Unix endpoint, not {other}"),
+    };
+    let hello = hello_bytes();
+    assert!(
+        hello.len() as u64 * 100 > HANDSHAKE_TIMEOUT.as_millis() as u64,
+        "the dribble must outlast the handshake timeout"
+    );
+
+    // The dribblers, on a thread of their own (blocking sockets): each
+    // gets one more byte every 100 ms until the server closes it; when it
+    // did, relative to the first byte, is recorded.
+    let closed_after: Watch<Option<Vec<Option<Duration>>>> = Watch::new(None);
+    let opened = Watch::new(0usize);
+    {
+        let (closed_after, opened) = (closed_after.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let mut socks: Vec<UnixStream> = (0..LORIS).map(|_| UnixStream::connect(&path).expect("connect")).collect();
+            for s in &socks {
+                s.set_nonblocking(true).expect("nonblocking");
+            }
+            opened.set(LORIS);
+            let t0 = Instant::now();
+            let mut closed: Vec<Option<Duration>> = vec![None; LORIS];
+            let mut k = 0;
+            while closed.iter().any(Option::is_none) && t0.elapsed() < Duration::from_secs(30) {
+                for (s, c) in socks.iter_mut().zip(closed.iter_mut()) {
+                    if c.is_some() {
+                        continue;
+                    }
+                    let mut buf = [0u8; 256];
+                    let gone = match s.read(&mut buf) {
+                        Ok(0) => true,
+                        Ok(_) => false, // the REJECT; end of stream follows
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                        Err(_) => true,
+                    };
+                    let gone = gone
+                        || (k < hello.len()
+                            && matches!(s.write(&hello[k..=k]), Err(e) if e.kind() != io::ErrorKind::WouldBlock));
+                    if gone {
+                        *c = Some(t0.elapsed());
+                    }
+                }
+                k += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            closed_after.set(Some(closed));
+        });
+    }
+
+    env.within(WAIT, "the dribblers to connect", opened.wait(|n| *n == LORIS)).await;
+    eventually(env, "the server to hold the dribblers", || server.connection_count() >= LORIS).await;
+    env.sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let client = env.connect(&ep).await;
+    echo_ok(&client, "past the slow loris").await;
+    let served_in = t.elapsed();
+    let open_meanwhile = server.connection_count();
+    assert!(
+        open_meanwhile > LORIS,
+        "the legitimate client must be served while the dribblers are open ({open_meanwhile} connections)"
+    );
+
+    let closed = env
+        .within(
+            Duration::from_secs(40),
+            "the dribblers to be closed",
+            closed_after.wait_map(Option::is_some, Option::take),
+        )
+        .await
+        .expect("the dribble thread's result");
+    let times: Vec<Duration> =
+        closed.iter().enumerate().map(|(i, c)| c.unwrap_or_else(|| panic!("dribbler {i} was never closed"))).collect();
+    let (first, last) = (times.iter().min().copied().unwrap(), times.iter().max().copied().unwrap());
+    eprintln!(
+        "S8 {}: legitimate client connected and served in {served_in:?} beside {LORIS} dribblers; \
+         dribblers closed {first:?}..{last:?} after their first byte (handshake_timeout {HANDSHAKE_TIMEOUT:?})",
+        env.adapter
+    );
+    // Closed by the handshake timeout, not before (the 100 ms slack is the
+    // dribble's own step: the timeout runs from the accept).
+    assert!(first + Duration::from_millis(200) >= HANDSHAKE_TIMEOUT, "a dribbler was closed after {first:?}");
+    eventually(env, "only the legitimate client to remain", || server.connection_count() == 1).await;
+    echo_ok(&client, "after the slow loris").await;
+    client.close("done").await;
+}
+
+// ---------------------------------------------------------------------------
+// S9 / §2 case 37: a peer that never reads
+// ---------------------------------------------------------------------------
+
+/// A client on the bare core over a blocking socket: it completes the
+/// handshake, then only ever writes.
+struct RawClient {
+    stream: UnixStream,
+    conn: Connection,
+}
+
+impl RawClient {
+    fn connect(path: &std::path::Path) -> io::Result<RawClient> {
+        let stream = UnixStream::connect(path)?;
+        let conn = Connection::client(Arc::new(Config::default()), Bytes::new(), Instant::now()).expect("client");
+        let mut c = RawClient { stream, conn };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            c.flush()?;
+            while let Some(e) = c.conn.poll_event() {
+                match e {
+                    Event::Connected(_) => return Ok(c),
+                    Event::Closed(e) => return Err(io::Error::other(format!("handshake failed: {e}"))),
+                    _ => {}
+                }
+            }
+            let n = c.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(io::Error::other("EOF in the handshake"));
+            }
+            c.conn.handle_input(&buf[..n], Instant::now());
+        }
+    }
+
+    /// Writes everything queued (blocking).
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            let mut slices = [IoSlice::new(&[]); 32];
+            let n = self.conn.transmit_slices(Instant::now(), &mut slices);
+            if n == 0 {
+                return Ok(());
+            }
+            let written = self.stream.write_vectored(&slices[..n])?;
+            self.conn.advance_transmit(written, Instant::now());
+        }
+    }
+}
+
+/// S9 and the real-socket half of §2 case 37. A client calls a method
+/// that answers 1 MiB, up to the server's in-flight limit, then sends 1 MiB
+/// notifications back to back and never reads. The server's queue for it
+/// stays bounded and it stops reading that peer (backpressure), the peer is
+/// disconnected with `PeerNotReading` at `write_stall_timeout`, and the
+/// server's memory stays flat.
+pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
+    const BLOB: usize = 1 << 20;
+    const STALL: Duration = Duration::from_secs(1);
+    let config =
+        Config { max_in_flight: 8, max_outbound_buffered: 256 * 1024, write_stall_timeout: STALL, ..Config::default() };
+    let disconnects: Watch<Vec<(ConnectionError, Instant)>> = Watch::new(Vec::new());
+    let router = Router::new()
+        .raw("blob", |_p: Bytes, _ctx: Context| async move { Ok::<_, Error>(Bytes::from(vec![7u8; BLOB])) })
+        .notification("sink", |_p: (), _ctx: Context| async move {});
+    let make = || {
+        let disconnects = disconnects.clone();
+        env.server()
+            .config(config.clone())
+            .router(router.clone())
+            .on_disconnect(move |_, why| disconnects.update(|v| v.push((why.clone(), Instant::now()))))
+    };
+    let (server, ep) = env.bind(make).await;
+    let path = match &ep {
+        Endpoint::Unix(p) => p.clone(),
+        other => panic!("a Unix endpoint, not {other}"),
+    };
+    env.sleep(Duration::from_millis(50)).await;
+    let rss_before = rss_kib(None);
+
+    // The writer: as many blob calls as allowed, then notifications until
+    // the server hangs up. It reports what it wrote and when it stopped.
+    let offered: Watch<Option<(io::Result<()>, u64, Instant)>> = Watch::new(None);
+    {
+        let offered = offered.clone();
+        std::thread::spawn(move || {
+            let mut c = match RawClient::connect(&path) {
+                Ok(c) => c,
+                Err(e) => return offered.set(Some((Err(e), 0, Instant::now()))),
+            };
+            let _ = c.stream.set_write_timeout(Some(Duration::from_secs(60)));
+            let r = (|| {
+                while c.conn.request("blob", Bytes::new(), CallOptions::default(), Instant::now()).is_ok() {}
+                c.flush()?;
+                // The handler ignores what it gets: the bytes are what matters.
+                let payload = Bytes::from(vec![0u8; BLOB]);
+                loop {
+                    match c.conn.notify("sink", payload.clone(), CallOptions::default()) {
+                        Ok(()) => {}
+                        Err(wharf::core::SendError::Blocked { .. }) => {}
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                    c.flush()?;
+                }
+            })();
+            offered.set(Some((r, c.conn.stats().bytes_sent, Instant::now())));
+        });
+    }
+
+    let mut rss_peak = rss_before;
+    env.within(Duration::from_secs(30), "the peer to be disconnected", async {
+        while disconnects.with(Vec::is_empty) {
+            rss_peak = rss_peak.max(rss_kib(None));
+            env.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (why, at) = disconnects.with(|v| v[0].clone());
+    let (result, bytes, stopped) = env
+        .within(WAIT, "the writer to notice", offered.wait_map(Option::is_some, Option::take))
+        .await
+        .expect("the writer's result");
+    let rss_after = rss_kib(None);
+    eprintln!(
+        "S9 {}: disconnected with {why:?}; the peer wrote {} KiB before its writes stopped ({result:?}, \
+         {:?} after the disconnect); RSS {rss_before} -> peak {rss_peak} -> {rss_after} KiB",
+        env.adapter,
+        bytes >> 10,
+        stopped.saturating_duration_since(at)
+    );
+    let ConnectionError::PeerNotReading { queued, stalled } = why else {
+        panic!("expected PeerNotReading, got {why:?}")
+    };
+    // Bounded queue: commands block at the limit and reading stops at twice
+    // it, so at most 2 x 256 KiB plus the one answer that crossed it.
+    let bound = 2 * config.max_outbound_buffered + BLOB + 64;
+    assert!(queued <= bound, "{queued} bytes queued for a peer that does not read (bound {bound})");
+    assert!(stalled >= STALL, "disconnected after a stall of {stalled:?}, before write_stall_timeout");
+    // The server stopped reading it: had it kept reading, the peer's
+    // notifications would have gone through at memory speed until the
+    // stall timeout (hundreds of MiB); socket buffers and one partial frame
+    // are all it takes in.
+    assert!(bytes < 16 << 20, "the peer wrote {bytes} bytes: the server kept reading a peer it could not answer");
+    assert!(result.is_err(), "the writer's last write should fail once the server hung up");
+    // Flat memory (a bound, not a measurement): the server holds at most
+    // 8 answers of 1 MiB in handlers plus twice 256 KiB queued; 64 MiB of
+    // slack covers the allocator and the runtime.
+    assert!(rss_peak < rss_before + 64 * 1024, "RSS grew from {rss_before} to {rss_peak} KiB");
+    eventually(env, "the connection to be forgotten", || server.connection_count() == 0).await;
+}
+
+// ---------------------------------------------------------------------------
+// S6: 10,000 connections
+// ---------------------------------------------------------------------------
+
+/// S6. 10,000 idle clients (in a peer process, so that each process needs
+/// only 10,000 descriptors) on one server: every one is held, the next
+/// client is still served, and once the clients die everything is
+/// released. Measures the server's memory and descriptors per connection.
+pub async fn ten_thousand_connections(env: &Env) {
+    const N: usize = 10_000;
+    let limit = set_nofile(u64::MAX);
+    assert!(limit as usize > N + 200, "RLIMIT_NOFILE hard limit {limit} is too low for {N} connections");
+    let (server, ep) = env.bind(|| env.server().router(echo_router())).await;
+    env.sleep(Duration::from_millis(50)).await;
+    let (fds_before, rss_before) = (open_fds(), rss_kib(None));
+    let t = Instant::now();
+    let mut peer = env.spawn_peer(&format!("many-clients:{N}"), &ep);
+    let ok = env.within(Duration::from_secs(500), "the clients to connect", peer.ready()).await;
+    assert!(ok, "the peer process exited: {:?}", peer.output());
+    let connect_all = t.elapsed();
+    eventually(env, "the server to hold every connection", || server.connection_count() == N).await;
+    let (fds_held, rss_held) = (open_fds(), rss_kib(None));
+
+    let t = Instant::now();
+    let client = env.connect(&ep).await;
+    echo_ok(&client, "client 10,001").await;
+    let next = t.elapsed();
+    client.close("done").await;
+
+    let killed = peer.kill();
+    drop(peer);
+    env.within(Duration::from_secs(60), "the dead clients to be forgotten", async {
+        while server.connection_count() > 0 {
+            env.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let forget = killed.elapsed();
+    let mut fds_after = open_fds();
+    for _ in 0..200 {
+        if fds_after <= fds_before {
+            break;
+        }
+        env.sleep(Duration::from_millis(10)).await;
+        fds_after = open_fds();
+    }
+    let rss_after = rss_kib(None);
+    eprintln!(
+        "S6 {}: {N} clients connected in {connect_all:?}; server fds {fds_before} -> {fds_held} -> {fds_after}; \
+         server RSS {rss_before} -> {rss_held} -> {rss_after} KiB ({:.1} KiB per connection); \
+         client 10,001 connected and served in {next:?}; all {N} forgotten {forget:?} after the kill",
+        env.adapter,
+        (rss_held.saturating_sub(rss_before)) as f64 / N as f64
+    );
+    assert!(fds_held >= fds_before + N, "the server holds {fds_held} descriptors for {N} connections");
+    assert_eq!(fds_after, fds_before, "descriptors left after the clients died");
+}

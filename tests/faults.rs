@@ -1,0 +1,87 @@
+//! Fault scenarios S1, S6, S7, S8 and S9 of the reliability checklist
+//! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, over
+//! Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The cases
+//! are in `tests/conformance/faults.rs`.
+//!
+//! The cases run one at a time (they measure this process's descriptors
+//! and memory). The heavy ones are `#[ignore]`d: `tests/faults.sh` runs
+//! them all.
+
+#![cfg(target_os = "linux")]
+
+#[macro_use]
+mod conformance;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Held by every case: fd and RSS counts must not see another test's.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Kills per adapter in the default run, and in the heavy (ignored) one.
+const KILLS: usize = 20;
+const KILLS_HEAVY: usize = 1000;
+
+macro_rules! fault_case {
+    ($(#[$attr:meta])* $name:ident, $adapter:ty, $limit_s:expr, |$env:ident| $body:expr) => {
+        #[test]
+        $(#[$attr])*
+        fn $name() {
+            let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+            conformance::faults::run::<$adapter>(
+                module_path!(),
+                stringify!($name),
+                Duration::from_secs($limit_s),
+                |$env| Box::pin($body),
+            );
+        }
+    };
+}
+
+macro_rules! faults {
+    ($module:ident, $adapter:ty) => {
+        mod $module {
+            use super::*;
+            use crate::conformance::faults as f;
+
+            fault_case!(killed_clients_leave_no_trace, $adapter, 120, |env| f::killed_clients_leave_no_trace(
+                env, KILLS
+            ));
+            fault_case!(
+                #[ignore = "heavy: 1000 kills; tests/faults.sh runs it"]
+                killed_clients_leave_no_trace_1000_times,
+                $adapter,
+                1800,
+                |env| f::killed_clients_leave_no_trace(env, KILLS_HEAVY)
+            );
+            fault_case!(emfile_on_accept_backs_off_and_recovers, $adapter, 120, |env| {
+                f::emfile_on_accept_backs_off_and_recovers(env)
+            });
+            fault_case!(slow_loris_handshakes_neither_block_nor_linger, $adapter, 120, |env| {
+                f::slow_loris_handshakes_neither_block_nor_linger(env)
+            });
+            fault_case!(peer_that_never_reads_is_bounded_then_disconnected, $adapter, 120, |env| {
+                f::peer_that_never_reads_is_bounded_then_disconnected(env)
+            });
+            fault_case!(
+                #[ignore = "heavy: 10,000 connections; tests/faults.sh runs it"]
+                ten_thousand_connections,
+                $adapter,
+                900,
+                |env| f::ten_thousand_connections(env)
+            );
+
+            /// Not a test: the peer process of the cases, started by them
+            /// (does nothing without its environment variables).
+            #[test]
+            #[ignore = "peer process of the fault cases; they start it"]
+            fn peer() {
+                conformance::peer_main::<$adapter>(conformance::Transport::Unix, module_path!());
+            }
+        }
+    };
+}
+
+faults!(tokio, conformance::adapters::Tokio);
+faults!(smol, conformance::adapters::Smol);
+faults!(async_std, conformance::adapters::AsyncStd);

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every fault scenario of tests/faults.rs, the heavy ones included
+# (1000 client kills and 10,000 connections per adapter: tokio, smol,
+# async-std), one at a time, printing what each measured. Linux only.
+# About 5 minutes on a 2-core machine. Extra arguments go to the test
+# binary, e.g. `tests/faults.sh tokio::` for one adapter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --locked --test faults -- --include-ignored --nocapture --test-threads=1 "$@" 2>&1 |
+  tee "${FAULTS_LOG:-target/faults.log}" | grep -E '^(S[0-9]+ |test |test result|thread .* panicked)'
