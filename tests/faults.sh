@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --locked --test faults -- --include-ignored --nocapture --test-threads=1 "$@" 2>&1 |
-  tee "${FAULTS_LOG:-target/faults.log}" | grep -E '^(S[0-9]+ |test |test result|thread .* panicked)'
+  tee "${FAULTS_LOG:-target/faults.log}" | grep --line-buffered -E '^(S[0-9]+ |test |test result|thread .* panicked)'
