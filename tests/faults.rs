@@ -1,4 +1,4 @@
-//! Fault scenarios S1, S6, S7, S8 and S9 of the reliability checklist
+//! Fault scenarios S1, S5, S6, S7, S8 and S9 of the reliability checklist
 //! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, over
 //! Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The cases
 //! are in `tests/conformance/faults.rs`.
@@ -63,6 +63,16 @@ macro_rules! faults {
             fault_case!(peer_that_never_reads_is_bounded_then_disconnected, $adapter, 120, |env| {
                 f::peer_that_never_reads_is_bounded_then_disconnected(env)
             });
+            fault_case!(slow_subscriber_leaves_healthy_ones_and_memory_alone, $adapter, 120, |env| {
+                f::slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 20_000)
+            });
+            fault_case!(
+                #[ignore = "heavy: 200,000 messages; tests/faults.sh runs it"]
+                slow_subscriber_200k_messages,
+                $adapter,
+                900,
+                |env| f::slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 200_000)
+            );
             fault_case!(
                 #[ignore = "heavy: 10,000 connections; tests/faults.sh runs it"]
                 ten_thousand_connections,

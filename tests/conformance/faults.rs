@@ -714,3 +714,122 @@ pub async fn ten_thousand_connections(env: &Env) {
     assert!(fds_held >= fds_before + N, "the server holds {fds_held} descriptors for {N} connections");
     assert_eq!(fds_after, fds_before, "descriptors left after the clients died");
 }
+
+// ---------------------------------------------------------------------------
+// S5: a slow subscriber beside healthy ones
+// ---------------------------------------------------------------------------
+
+/// S5. One subscriber (on the bare core) that subscribes and then never
+/// reads, beside 8 healthy subscribers, while the server publishes
+/// `messages` messages of about 1 KiB in batches of 256. The publisher never waits for
+/// the slow one: each batch goes out as soon as the healthy ones have the
+/// previous one. Asserted: every healthy subscriber gets every message, in
+/// order, with no lag; the slow one's oldest messages are dropped (drop-
+/// oldest, the default policy) and it stays connected; server memory stays
+/// bounded.
+pub async fn slow_subscriber_leaves_healthy_ones_and_memory_alone(env: &Env, messages: u32) {
+    const HEALTHY: usize = 8;
+    const BATCH: u32 = 256;
+    let (server, ep) = env.bind(|| env.server().router(echo_router())).await;
+    let path = match &ep {
+        Endpoint::Unix(p) => p.clone(),
+        other => panic!("a Unix endpoint, not {other}"),
+    };
+
+    // The slow one: subscribes, sees the answer, then never reads again.
+    let subscribed = Watch::new(false);
+    let stop = Watch::new(false);
+    {
+        let (subscribed, stop) = (subscribed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = RawClient::connect(&path).expect("the slow subscriber connects");
+            c.conn.subscribe("s5/topic", wharf::core::SubscribeOptions::default()).expect("subscribe");
+            c.flush().expect("flush");
+            let mut buf = vec![0u8; 4096];
+            'answer: loop {
+                let n = c.stream.read(&mut buf).expect("read");
+                assert!(n > 0, "EOF before the subscription was answered");
+                c.conn.handle_input(&buf[..n], Instant::now());
+                while let Some(e) = c.conn.poll_event() {
+                    if matches!(e, Event::SubscribeResult { .. }) {
+                        break 'answer;
+                    }
+                }
+            }
+            subscribed.raise();
+            while !stop.get() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(c);
+        });
+    }
+    env.within(WAIT, "the slow subscriber to subscribe", subscribed.raised()).await;
+
+    let received: Vec<Watch<u32>> = (0..HEALTHY).map(|_| Watch::new(0)).collect();
+    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
+    for count in &received {
+        let client = env.connect(&ep).await;
+        let mut sub = client.subscribe::<(u32, String)>("s5/topic").await.expect("subscribe");
+        let count = count.clone();
+        tasks.push(env.spawn(async move {
+            while count.get() < messages {
+                match sub.next().await {
+                    Some(Ok(wharf::SubscriptionEvent::Message { value: (value, _pad), .. })) => {
+                        let want = count.get();
+                        if value != want {
+                            return Err(format!("got message {value}, expected {want}"));
+                        }
+                        count.update(|n| *n += 1);
+                    }
+                    other => return Err(format!("after {} messages: {other:?}", count.get())),
+                }
+            }
+            Ok(())
+        }));
+        clients.push(client);
+    }
+
+    env.sleep(Duration::from_millis(50)).await;
+    let rss_before = rss_kib(None);
+    let mut rss_peak = rss_before;
+    let t0 = Instant::now();
+    let pad = "x".repeat(1000);
+    let mut seq = 0u32;
+    while seq < messages {
+        let end = (seq + BATCH).min(messages);
+        for v in seq..end {
+            server.publish("s5/topic", &(v, &pad)).expect("publish");
+        }
+        seq = end;
+        for (i, count) in received.iter().enumerate() {
+            let what = format!("healthy subscriber {i} to get message {}", seq - 1);
+            env.within(WAIT, &what, count.wait(|n| *n >= seq)).await;
+        }
+        rss_peak = rss_peak.max(rss_kib(None));
+    }
+    let elapsed = t0.elapsed();
+    for t in tasks {
+        env.within(WAIT, "a healthy subscriber to finish", t.join()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let stats = server.broker_stats();
+    eprintln!(
+        "S5 {}: {messages} messages of 1 KiB to {HEALTHY} healthy subscribers and 1 that never reads in \
+         {elapsed:?}; broker dropped {} for the slow one; RSS {rss_before} -> peak {rss_peak} KiB; connections {}",
+        env.adapter,
+        stats.dropped,
+        server.connection_count()
+    );
+    // What cannot be dropped is bounded: the slow one's broker queue (1024
+    // messages), the half of max_outbound_buffered the broker fills, and
+    // the socket buffers.
+    assert!(stats.dropped >= u64::from(messages).saturating_sub(100_000), "only {} messages dropped", stats.dropped);
+    assert!(stats.dropped > 0, "the slow subscriber lost nothing: did it read?");
+    assert_eq!(server.connection_count(), HEALTHY + 1, "the slow subscriber (drop-oldest) stays connected");
+    // Flat memory (a bound, not a measurement).
+    assert!(rss_peak < rss_before + 64 * 1024, "RSS grew from {rss_before} to {rss_peak} KiB");
+    stop.raise();
+    for c in clients {
+        c.close("done").await;
+    }
+}
