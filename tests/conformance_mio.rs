@@ -72,6 +72,9 @@ struct Seen {
     connected: AtomicUsize,
     closed: AtomicUsize,
     notifications: Mutex<Vec<String>>,
+    /// `Server::evicted_handshakes` and `connection_count`, after each pass.
+    evicted: AtomicUsize,
+    held: AtomicUsize,
 }
 
 struct MioServer {
@@ -219,6 +222,8 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                 _ => {}
             }
         }
+        seen.evicted.store(server.evicted_handshakes() as usize, Ordering::SeqCst);
+        seen.held.store(server.connection_count(), Ordering::SeqCst);
         if stopping && server.connection_count() == 0 {
             return;
         }
@@ -722,6 +727,96 @@ fn case_slow_subscriber_disconnected(t: Transport) {
     assert!(server.seen.closed.load(Ordering::SeqCst) >= 1, "the server did not close the slow subscriber");
 }
 
+/// A raw connection that writes half a preamble and then stalls.
+fn stalled_connection(ep: &Endpoint) -> Option<Box<dyn std::io::Read + Send>> {
+    use std::io::Write;
+    let half = &wharf::core::wire::PREAMBLE[..4];
+    match ep {
+        #[cfg(unix)]
+        Endpoint::Unix(p) => {
+            let mut s = std::os::unix::net::UnixStream::connect(p).ok()?;
+            s.write_all(half).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(50))).ok()?;
+            Some(Box::new(s))
+        }
+        Endpoint::Tcp(a) => {
+            let mut s = std::net::TcpStream::connect(a.as_str()).ok()?;
+            s.write_all(half).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(50))).ok()?;
+            Some(Box::new(s))
+        }
+        // A pipe client is a file; its reads cannot time out, so it is
+        // never read (the counts prove the evictions).
+        #[cfg(windows)]
+        Endpoint::Pipe(name) => {
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(name).ok()?;
+            f.write_all(half).ok()?;
+            Some(Box::new(f))
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(20), "{what}: still waiting after 20 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn case_handshake_flood_capped(t: Transport) {
+    // 300 stalled connections against max_pending_handshakes 16 (and a
+    // handshake_timeout far away): the loop holds 16 at most, evicting the
+    // oldest; a client connecting into the flood is served.
+    const FLOOD: usize = 300;
+    const CAP: usize = 16;
+    let dir = tmp();
+    let options = ServerOptions {
+        config: wharf::core::Config { handshake_timeout: Duration::from_secs(60), ..Default::default() },
+        max_pending_handshakes: CAP,
+        ..Default::default()
+    };
+    let server = mio_server(endpoint(t, &dir), options, None);
+    let ep = server.endpoint.clone();
+    let mut socks = Vec::new();
+    for _ in 0..FLOOD {
+        match stalled_connection(&ep) {
+            Some(s) => socks.push(s),
+            None => std::thread::sleep(Duration::from_millis(1)), // backlog or instances busy
+        }
+    }
+    let n = socks.len();
+    assert!(n >= FLOOD / 2, "only {n} of {FLOOD} stalled connections were made");
+    let seen = server.seen.clone();
+    wait_until("the evictions", || seen.evicted.load(Ordering::SeqCst) == n - CAP);
+    wait_until("only the cap to be held", || seen.held.load(Ordering::SeqCst) == CAP);
+    let mut client = Client::connect(&ep).unwrap();
+    assert_eq!(client.call_raw("echo", Bytes::from_static(b"past the flood")).unwrap(), &b"past the flood"[..]);
+    // The client evicted one more; 15 stalled ones and the client remain.
+    wait_until("the client's eviction", || seen.evicted.load(Ordering::SeqCst) == n - CAP + 1);
+    wait_until("15 stalled and the client", || seen.held.load(Ordering::SeqCst) == CAP);
+    if t != Transport::Pipe {
+        let mut closed = 0;
+        for mut s in socks {
+            let mut buf = [0u8; 64];
+            let gone = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => continue, // the REJECT, then the end
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        break false;
+                    }
+                    Err(_) => break true,
+                }
+            };
+            closed += usize::from(gone);
+        }
+        assert_eq!(closed, n - CAP + 1, "each evicted connection is closed, the newest are kept");
+    }
+}
+
 /// Bound on one whole case, so a hang fails the test instead of the run.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -798,6 +893,12 @@ macro_rules! cases {
                 bounded(stringify!(case_tokio_client_on_mio_server), || {
                     case_tokio_client_on_mio_server(Transport::$transport)
                 });
+            }
+
+            #[$cfg]
+            #[test]
+            fn handshake_flood_capped() {
+                bounded(stringify!(case_handshake_flood_capped), || case_handshake_flood_capped(Transport::$transport));
             }
 
             #[$cfg]

@@ -60,6 +60,9 @@ macro_rules! faults {
             fault_case!(slow_loris_handshakes_neither_block_nor_linger, $adapter, 120, |env| {
                 f::slow_loris_handshakes_neither_block_nor_linger(env)
             });
+            fault_case!(handshake_flood_is_capped_oldest_first, $adapter, 180, |env| {
+                f::handshake_flood_is_capped_oldest_first(env)
+            });
             fault_case!(peer_that_never_reads_is_bounded_then_disconnected, $adapter, 120, |env| {
                 f::peer_that_never_reads_is_bounded_then_disconnected(env)
             });

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admission;
 pub mod broker;
 mod config;
 mod conn;
@@ -31,6 +32,7 @@ mod stats;
 mod text;
 pub mod wire;
 
+pub use admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, HandshakeGate};
 pub use bytes::{Bytes, BytesMut};
 pub use config::{Config, MAX_TIMEOUT, MIN_KEEPALIVE};
 pub use conn::{CallOptions, Connection, Role, SubscribeOptions, Timeout};

@@ -418,7 +418,10 @@ pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
     const LORIS: usize = 64;
     const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
     let config = Config { handshake_timeout: HANDSHAKE_TIMEOUT, ..Config::default() };
-    let (server, ep) = env.bind(|| env.server().config(config.clone()).router(echo_router())).await;
+    // Room for every dribbler: this case is about the timeout (the cap on
+    // pending handshakes is `handshake_flood_is_capped_oldest_first`).
+    let (server, ep) =
+        env.bind(|| env.server().config(config.clone()).max_pending_handshakes(2 * LORIS).router(echo_router())).await;
     let path = match &ep {
         Endpoint::Unix(p) => p.clone(),
         other => panic!("a Unix endpoint, not {other}"),
@@ -505,6 +508,106 @@ pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
     assert!(first + Duration::from_millis(200) >= HANDSHAKE_TIMEOUT, "a dribbler was closed after {first:?}");
     eventually(env, "only the legitimate client to remain", || server.connection_count() == 1).await;
     echo_ok(&client, "after the slow loris").await;
+    client.close("done").await;
+}
+
+/// S8, the flood half. 1,000 connections that send half a preamble and
+/// stall, against a server whose `handshake_timeout` (60 s) is far away
+/// and whose `max_pending_handshakes` is 16: the server never holds more
+/// than 16 of them (each newcomer evicts the oldest, which sees its
+/// connection closed at once), counts the evictions, and a legitimate
+/// client connecting into the flood is served promptly.
+pub async fn handshake_flood_is_capped_oldest_first(env: &Env) {
+    const FLOOD: usize = 1000;
+    const CAP: usize = 16;
+    let limit = set_nofile(u64::MAX);
+    assert!(limit as usize > FLOOD + 200, "RLIMIT_NOFILE hard limit {limit} is too low for {FLOOD} connections");
+    let config = Config { handshake_timeout: Duration::from_secs(60), ..Config::default() };
+    let (server, ep) =
+        env.bind(|| env.server().config(config.clone()).max_pending_handshakes(CAP).router(echo_router())).await;
+    let path = match &ep {
+        Endpoint::Unix(p) => p.clone(),
+        other => panic!("a Unix endpoint, not {other}"),
+    };
+    // The flood, on a thread of its own: connect, write half the preamble,
+    // keep the socket. The peak of what the server holds is sampled by the
+    // test meanwhile.
+    let socks: Watch<Option<Vec<UnixStream>>> = Watch::new(None);
+    {
+        let socks = socks.clone();
+        std::thread::spawn(move || {
+            let mut v = Vec::with_capacity(FLOOD);
+            for _ in 0..FLOOD {
+                match UnixStream::connect(&path) {
+                    Ok(mut s) => {
+                        let _ = s.write_all(&wharf_core::wire::PREAMBLE[..4]);
+                        v.push(s);
+                    }
+                    // The backlog is full for a moment: the server is
+                    // closing evicted ones; try the next.
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            socks.set(Some(v));
+        });
+    }
+    let mut peak = 0;
+    let t0 = Instant::now();
+    let socks = loop {
+        peak = peak.max(server.connection_count());
+        if let Some(v) = socks.update(Option::take) {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the flood did not finish connecting");
+        env.sleep(Duration::from_millis(1)).await;
+    };
+    let connected = socks.len();
+    assert!(connected >= FLOOD / 2, "only {connected} of {FLOOD} flood connections were made");
+    eventually(env, "every flood connection to be accepted and judged", || {
+        server.evicted_handshakes() as usize + server.connection_count() >= connected
+    })
+    .await;
+    eventually(env, "the server to hold only the cap", || server.connection_count() <= CAP).await;
+    let evicted = server.evicted_handshakes() as usize;
+    assert_eq!(evicted, connected - CAP, "every flood connection beyond the cap is evicted, no more");
+
+    // Into the flood: a legitimate client is served while 16 stalled ones
+    // are held and more arrive.
+    let t = Instant::now();
+    let client = env.connect(&ep).await;
+    echo_ok(&client, "in the middle of a handshake flood").await;
+    let served_in = t.elapsed();
+    // 15 stalled ones and the client.
+    eventually(env, "the last eviction to be processed", || server.connection_count() == CAP).await;
+
+    // The evicted ones were told: their sockets are at end of stream (or
+    // reset). The newest are still open, waiting for their timeout (a
+    // read on them times out).
+    let mut closed = 0;
+    for mut s in socks {
+        s.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+        let mut buf = [0u8; 64];
+        let gone = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // a REJECT, then the end
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break false,
+                Err(_) => break true,
+            }
+        };
+        closed += usize::from(gone);
+    }
+    eprintln!(
+        "S8 flood {}: {connected} stalled connections, cap {CAP}: peak held {peak}, evicted {evicted}, \
+         closed on the client side {closed}; a legitimate client was served in {served_in:?}",
+        env.adapter
+    );
+    // The legitimate client was one more newcomer: it evicted one more.
+    assert_eq!(server.evicted_handshakes() as usize, connected - CAP + 1);
+    assert_eq!(closed, connected - CAP + 1, "each evicted connection is closed, the newest are kept");
+    // What is held includes evicted connections whose close is still
+    // being processed; without the cap it would reach `connected`.
+    assert!(peak < connected / 4, "the server held {peak} connections at once (cap {CAP}, flood {connected})");
     client.close("done").await;
 }
 

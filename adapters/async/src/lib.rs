@@ -42,10 +42,11 @@ pub use reconnect::{
 };
 pub use router::{Context, Router};
 pub use runtime::{BoxFuture, Runtime, Timer};
-pub use server::{AuthRequest, DEFAULT_MAX_CONNECTIONS, Server, ServerBuilder, SessionInfo};
+pub use server::{AuthRequest, Server, ServerBuilder, SessionInfo};
 pub use session::Goodbye;
 pub use stream::{Receiver, ResponseFuture, Sender};
 pub use wharf_core::AuthReject;
+pub use wharf_core::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES};
 
 pub use wharf_core::broker::{BrokerConfig, BrokerStats, PublishReport};
 pub use wharf_core::{

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
 use wharf_core::{
-    AuthReject, Code, Config, Connection, ConnectionError, HandshakeRequest, PublishId, SlowConsumerPolicy,
-    SubscriptionId, Text,
+    AuthReject, Code, Config, Connection, ConnectionError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES,
+    HandshakeGate, HandshakeRequest, PublishId, SlowConsumerPolicy, SubscriptionId, Text,
 };
 use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
@@ -82,6 +82,8 @@ pub(crate) struct ServerShared {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
     max_connections: usize,
+    /// Connections still owing their HELLO, oldest first.
+    gate: Mutex<HandshakeGate<u64>>,
     peer_policy: PeerPolicy,
     /// Peers closed at accept by the peer policy.
     refused: AtomicU64,
@@ -103,6 +105,7 @@ pub(crate) struct ServerLink {
 impl ServerLink {
     pub(crate) fn handshake(&self, inner: &Arc<Inner>, st: &mut State, req: HandshakeRequest) {
         let shared = &self.shared;
+        shared.gate().hello_received(self.id);
         if shared.stopping.load(Ordering::Acquire) {
             let hint = shared.shutdown_hint.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let retry = hint.and_then(|h| h.1);
@@ -215,6 +218,7 @@ impl ServerLink {
     pub(crate) fn finished(&self, inner: &Arc<Inner>, err: Option<ConnectionError>) {
         let shared = &self.shared;
         shared.broker().remove_subscriber(SubscriberId(self.id));
+        shared.gate().forget(self.id);
         let entry = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         let was_connected = inner.lock().connected.is_some();
         if was_connected && let (Some(hook), Some(entry)) = (&shared.on_disconnect, entry) {
@@ -234,6 +238,10 @@ impl ServerLink {
 impl ServerShared {
     fn broker(&self) -> std::sync::MutexGuard<'_, Broker> {
         self.broker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, HandshakeGate<u64>> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn count(&self) -> usize {
@@ -274,24 +282,25 @@ impl ServerShared {
     /// Judges a freshly accepted peer by the peer policy, before any frame
     /// is read: a refused one is closed at once (dropped), counted and
     /// logged at debug level with its credentials only.
-    fn admit(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) {
+    /// Returns whether a pending handshake was evicted to make room.
+    fn admit(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> bool {
         if let Err(e) = self.peer_policy.check(&self.endpoint, &peer) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, error = %e, "wharf: peer refused at accept");
             drop(stream);
-            return;
+            return false;
         }
-        self.start_session(stream, peer);
+        self.start_session(stream, peer)
     }
 
-    fn start_session(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) {
+    fn start_session(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> bool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.backend.runtime.now();
         let conn = match Connection::server(self.config.clone(), now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "wharf: invalid server config");
-                return;
+                return false;
             }
         };
         let flags = Arc::new(Flags::default());
@@ -312,6 +321,25 @@ impl ServerShared {
             .insert(id, Entry { inner: inner.clone(), flags, name: Text::new() });
         tracing::debug!(connection_id = id, ?peer, "wharf: accepted a connection");
         self.backend.runtime.spawn(Box::pin(Driver::new(inner, stream)));
+        let evict = self.gate().accepted(id);
+        match evict {
+            Some(old) => {
+                self.evict_handshake(old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes a connection that still owes its HELLO because too many do
+    /// (see [`ServerBuilder::max_pending_handshakes`]).
+    fn evict_handshake(&self, id: u64) {
+        let inner = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|e| e.inner.clone());
+        let Some(inner) = inner else { return };
+        tracing::debug!(connection_id = id, peer = ?inner.peer, "wharf: too many pending handshakes; closing the oldest");
+        let now = self.backend.runtime.now();
+        inner.lock().conn.abort(Code::HANDSHAKE_TIMEOUT, "too many pending handshakes; the oldest is closed", now);
+        inner.driver.wake();
     }
 
     fn snapshot(&self) -> Vec<Arc<Inner>> {
@@ -365,6 +393,13 @@ impl Server {
     /// [peer policy](ServerBuilder::peer_policy), since the server started.
     pub fn refused_peers(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed before their HELLO arrived because
+    /// [`max_pending_handshakes`](ServerBuilder::max_pending_handshakes)
+    /// others were waiting too, since the server started.
+    pub fn evicted_handshakes(&self) -> u64 {
+        self.shared.gate().evicted()
     }
 
     /// Every live session.
@@ -434,9 +469,6 @@ impl Server {
     }
 }
 
-/// The default of [`ServerBuilder::max_connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 16 * 1024;
-
 /// Configures and starts a [`Server`].
 pub struct ServerBuilder {
     backend: Backend,
@@ -449,6 +481,7 @@ pub struct ServerBuilder {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
     max_connections: usize,
+    max_pending_handshakes: usize,
     bind: BindOptions,
     peer_policy: PeerPolicy,
 }
@@ -473,6 +506,7 @@ impl ServerBuilder {
             on_connect: None,
             on_disconnect: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             bind: BindOptions::default(),
             peer_policy: PeerPolicy::default(),
         }
@@ -510,6 +544,20 @@ impl ServerBuilder {
     /// first, and a failed accept then backs off instead of spinning.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Most connections that were accepted but have not sent their HELLO
+    /// yet (default 64, [`DEFAULT_MAX_PENDING_HANDSHAKES`]). When one more
+    /// connects, the **oldest** of them is closed (REJECT
+    /// `HANDSHAKE_TIMEOUT` if its preamble arrived, else a plain close) and
+    /// counted in [`Server::evicted_handshakes`]: a flood of stalled or
+    /// slow-loris peers holds at most this many descriptors, and a client
+    /// that sends its HELLO promptly is served in the middle of one.
+    /// Connections past their HELLO count against
+    /// [`max_connections`](Self::max_connections) only.
+    pub fn max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending_handshakes = n;
         self
     }
 
@@ -590,6 +638,7 @@ impl ServerBuilder {
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
             max_connections: self.max_connections,
+            gate: Mutex::new(HandshakeGate::new(self.max_pending_handshakes)),
             peer_policy: self.peer_policy,
             refused: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -603,7 +652,22 @@ impl ServerBuilder {
     }
 }
 
+/// Lets the executor run other tasks once.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if std::mem::replace(&mut yielded, true) {
+            Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 async fn accept_loop(shared: Arc<ServerShared>, mut listener: Box<dyn ByteListener>) {
+    let mut streak = 0u32;
     loop {
         let next = std::future::poll_fn(|cx| {
             if shared.stopping.load(Ordering::Acquire) {
@@ -618,7 +682,15 @@ async fn accept_loop(shared: Arc<ServerShared>, mut listener: Box<dyn ByteListen
         .await;
         match next {
             None => break,
-            Some(Ok((stream, peer))) => shared.admit(stream, peer),
+            Some(Ok((stream, peer))) => {
+                // A burst of connections (a flood of them) must not keep
+                // the sessions' drivers, which close the evicted ones,
+                // from running: yield after an eviction and every 32.
+                streak += 1;
+                if shared.admit(stream, peer) || streak.is_multiple_of(32) {
+                    yield_now().await;
+                }
+            }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, endpoint = %shared.endpoint, "wharf: accept failed; backing off");

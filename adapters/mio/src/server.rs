@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::{Registry, Token};
 use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
-use wharf_core::{AuthReject, Code, Config, Connection, Event, RequestId, SendError, Text};
+use wharf_core::{
+    AuthReject, Code, Config, Connection, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Event,
+    HandshakeGate, RequestId, SendError, Text,
+};
 use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
 use crate::conn::Conn;
@@ -61,10 +64,20 @@ pub struct ServerOptions {
     /// How the endpoint is bound.
     pub bind: BindOptions,
     /// Established connections beyond this are refused in the handshake
-    /// with `TOO_MANY_CONNECTIONS` and a retry hint. Default 10,000. The
-    /// token range given to [`Server::register`] bounds the connections
-    /// held (in handshake or established) too.
+    /// with `TOO_MANY_CONNECTIONS` and a retry hint. Default 16,384
+    /// ([`DEFAULT_MAX_CONNECTIONS`]). The token range given to
+    /// [`Server::register`] bounds the connections held (in handshake or
+    /// established) too.
     pub max_connections: usize,
+    /// Most connections accepted but still owing their HELLO (default 64,
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES`]). When one more is accepted, the
+    /// **oldest** of them is closed (REJECT `HANDSHAKE_TIMEOUT` once its
+    /// preamble arrived, else a plain close) and counted in
+    /// [`Server::evicted_handshakes`]: a flood of stalled or slow-loris
+    /// peers holds at most this many tokens and descriptors, while a
+    /// client that sends its HELLO promptly is served in the middle of it
+    /// (see [`HandshakeGate`](wharf_core::HandshakeGate)).
+    pub max_pending_handshakes: usize,
     /// Which local users may connect to a Unix socket, judged on the
     /// kernel's credentials at accept time, before any frame is read: a
     /// refused peer is closed at once, without a handshake (counted in
@@ -80,7 +93,8 @@ impl Default for ServerOptions {
             config: Config::default(),
             broker: BrokerConfig::default(),
             bind: BindOptions::default(),
-            max_connections: 10_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             peer_policy: PeerPolicy::default(),
         }
     }
@@ -161,6 +175,8 @@ pub struct Server {
     free: Vec<usize>,
     config: Arc<Config>,
     max_connections: usize,
+    /// Connections owing their HELLO (by connection id), oldest first.
+    gate: HandshakeGate<u64>,
     peer_policy: PeerPolicy,
     /// Peers closed at accept by the peer policy.
     refused: u64,
@@ -215,6 +231,7 @@ impl Server {
             free: Vec::new(),
             config: Arc::new(options.config),
             max_connections: options.max_connections,
+            gate: HandshakeGate::new(options.max_pending_handshakes),
             peer_policy: options.peer_policy,
             refused: 0,
             broker,
@@ -511,6 +528,13 @@ impl Server {
         self.refused
     }
 
+    /// Connections closed before their HELLO arrived because
+    /// [`max_pending_handshakes`](ServerOptions::max_pending_handshakes)
+    /// others were waiting too, since the server started.
+    pub fn evicted_handshakes(&self) -> u64 {
+        self.gate.evicted()
+    }
+
     /// Tokens of the connections held.
     pub fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
         self.peers.keys().copied()
@@ -547,6 +571,7 @@ impl Server {
     fn intercept(&mut self, token: Token, id: u64, event: Event) -> Option<Event> {
         match event {
             Event::HandshakeRequest(req) => {
+                self.gate.hello_received(id);
                 let verdict = if let Some((reason, hint)) = &self.stopping {
                     Err(AuthReject { code: Code::SHUTTING_DOWN, reason: reason.clone(), retry_after: *hint })
                 } else if self.established >= self.max_connections {
@@ -629,6 +654,7 @@ impl Server {
         if peer.connected {
             self.established -= 1;
         }
+        self.gate.forget(peer.id);
         self.broker.remove_subscriber(SubscriberId(peer.id));
         self.by_id.remove(&peer.id);
         if let Some(r) = &self.registry {
@@ -694,6 +720,18 @@ impl Server {
                     Self::enqueue(&mut self.work, token, &mut peer);
                     self.peers.insert(token, peer);
                     tracing::trace!(connection_id = id, token = token.0, "wharf: accepted");
+                    if let Some(old) = self.gate.accepted(id)
+                        && let Some(&t) = self.by_id.get(&old)
+                        && let Some(p) = self.peers.get_mut(&t)
+                    {
+                        tracing::debug!(connection_id = old, peer = ?p.conn.peer(), "wharf: too many pending handshakes; closing the oldest");
+                        p.conn.core().abort(
+                            Code::HANDSHAKE_TIMEOUT,
+                            "too many pending handshakes; the oldest is closed",
+                            now,
+                        );
+                        Self::enqueue(&mut self.work, t, p);
+                    }
                 }
                 Ok(None) => {
                     self.free.push(token.0);
