@@ -44,8 +44,9 @@ pub struct Stats {
     pub stale_frames_ignored: u64,
     /// Times a command returned `Blocked` (`max_outbound_buffered`).
     pub outbound_blocked: u64,
-    /// Times reading was paused: `max_inbound_buffered` or twice
-    /// `max_outbound_buffered` reached.
+    /// Times reading was paused (`wants_read` turned false): events held
+    /// reached `max_inbound_buffered`, or the outbound queue reached twice
+    /// `max_outbound_buffered`, whether input or a command filled it.
     pub reads_paused: u64,
     /// Keepalive pings sent.
     pub keepalive_pings: u64,

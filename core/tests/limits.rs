@@ -1050,3 +1050,34 @@ fn output_left_after_the_end_is_dropped_at_the_linger_deadline() {
     assert_eq!(s.conn.next_timer(), None);
     assert_eq!(s.conn.poll_timeout().map(|_| ()), s.conn.has_events().then_some(()));
 }
+
+/// A pause caused by the outbound queue is counted too, even when it is a
+/// command (a large response), not input, that fills the queue; writing
+/// the queue out resumes reading, and the next pause is counted again.
+#[test]
+fn a_read_pause_caused_by_the_outbound_queue_is_counted() {
+    let server = config_with(|c| c.max_outbound_buffered = 16 * KIB);
+    let mut p = Pair::connected_with(Config::default(), server);
+    let now = p.now;
+    for round in 1..=2 {
+        let id = p.client.conn.request("big", Bytes::new(), CallOptions::new(), now).unwrap();
+        let bytes = take_output(&mut p.client.conn, now);
+        p.server.conn.handle_input(&bytes, now);
+        let call = match p.server.conn.poll_event() {
+            Some(Event::Request(c)) => c,
+            other => panic!("{other:?}"),
+        };
+        assert!(p.server.conn.wants_read());
+        // Twice the outbound limit in one response: reading must pause.
+        p.server.conn.respond(call.id, Bytes::from(vec![0u8; 40 * KIB])).unwrap();
+        assert!(!p.server.conn.wants_read(), "40 KiB queued, pause at 32 KiB");
+        assert_eq!(p.server.conn.stats().reads_paused, round, "pause number {round} not counted");
+        let out = take_output(&mut p.server.conn, now);
+        assert!(p.server.conn.wants_read(), "written out: reading resumes");
+        p.client.conn.handle_input(&out, now);
+        assert!(
+            matches!(p.client.conn.poll_event(), Some(Event::Response { id: r, result: Ok(_) }) if r == id),
+            "the response arrives"
+        );
+    }
+}

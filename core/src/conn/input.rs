@@ -69,11 +69,7 @@ impl Connection {
         if self.is_closed() {
             self.recv.clear();
         }
-        let paused = !self.wants_read();
-        if paused && !self.read_paused && !self.is_closed() {
-            self.stats.reads_paused += 1;
-        }
-        self.read_paused = paused;
+        self.note_read_pause();
     }
 
     /// Consumes preamble bytes; false if more are needed or it failed.

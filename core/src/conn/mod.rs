@@ -902,6 +902,7 @@ impl Connection {
         self.stats.bytes_sent += n as u64;
         self.stall_since = if self.out.is_empty() { None } else { Some(self.now) };
         self.check_writable();
+        self.note_read_resume();
     }
 
     /// Takes the next chunk of bytes to write (the driver owns writing it
@@ -914,6 +915,7 @@ impl Connection {
         self.stats.bytes_sent += chunk.len() as u64;
         self.stall_since = if self.out.is_empty() { None } else { Some(self.now) };
         self.check_writable();
+        self.note_read_resume();
         Some(chunk)
     }
 
@@ -972,9 +974,7 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front()?;
         self.event_bytes -= e.held_bytes();
-        if self.read_paused && self.wants_read() {
-            self.read_paused = false;
-        }
+        self.note_read_resume();
         Some(e)
     }
 
@@ -1545,6 +1545,9 @@ impl Connection {
     fn emit(&mut self, e: Event) {
         self.event_bytes += e.held_bytes();
         self.events.push_back(e);
+        if self.event_bytes >= self.config.max_inbound_buffered {
+            self.note_read_pause();
+        }
     }
 
     /// Adds a call's deadline. Call it before the call is in `outgoing` /
@@ -1708,6 +1711,24 @@ impl Connection {
         self.out.push_frame(frame, len);
         self.stats.frames_sent += 1;
         self.transmit_dirty = true;
+        self.note_read_pause();
+    }
+
+    /// Counts the moment reading becomes paused (`wants_read` turns
+    /// false), whatever caused it: input handled, events held, or the
+    /// outbound queue grown by a command.
+    pub(crate) fn note_read_pause(&mut self) {
+        if !self.read_paused && !self.wants_read() && !self.is_closed() {
+            self.read_paused = true;
+            self.stats.reads_paused += 1;
+        }
+    }
+
+    /// Notes that reading may resume (`wants_read` true again).
+    fn note_read_resume(&mut self) {
+        if self.read_paused && self.wants_read() {
+            self.read_paused = false;
+        }
     }
 
     /// The terminal error of a graceful close: ours if we started it, the
