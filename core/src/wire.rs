@@ -938,6 +938,17 @@ impl Frame {
     /// Decodes a body whose header already passed [`Header::decode`].
     /// `body.len()` must equal `header.len`. Payloads are slices of `body`.
     pub fn decode(header: &Header, body: Bytes) -> Result<Frame, ProtocolError> {
+        Frame::decode_keeping(header, body, usize::MAX)
+    }
+
+    /// [`decode`](Self::decode), keeping at most `keep_metadata` metadata
+    /// entries of a REQUEST or NOTIFY (the rest are still validated, but
+    /// not stored). A receiver whose limit is `max_metadata_entries`
+    /// passes `max_metadata_entries + 1`: a frame over the limit is still
+    /// recognised as such (it decodes with one entry too many) while the
+    /// memory it costs stays bounded by the limit, not by the 65,535
+    /// entries the wire allows.
+    pub fn decode_keeping(header: &Header, body: Bytes, keep_metadata: usize) -> Result<Frame, ProtocolError> {
         debug_assert_eq!(body.len(), header.len as usize);
         let mut r = Reader { buf: body, frame: header.ty };
         let id = header.id;
@@ -994,7 +1005,7 @@ impl Frame {
                 let method = r.str16("method")?;
                 let deadline_ms = if f & flags::HAS_DEADLINE != 0 { Some(r.u32()?) } else { None };
                 let trace_id = if f & flags::HAS_TRACE != 0 { Some(r.array16()?) } else { None };
-                let metadata = if f & flags::HAS_METADATA != 0 { r.metadata()? } else { Metadata::new() };
+                let metadata = if f & flags::HAS_METADATA != 0 { r.metadata(keep_metadata)? } else { Metadata::new() };
                 Frame::Request(Request {
                     id,
                     kind: CallKind::from_bits(f),
@@ -1014,7 +1025,7 @@ impl Frame {
             FrameType::Notify => {
                 let method = r.str16("method")?;
                 let trace_id = if f & flags::HAS_TRACE != 0 { Some(r.array16()?) } else { None };
-                let metadata = if f & flags::HAS_METADATA != 0 { r.metadata()? } else { Metadata::new() };
+                let metadata = if f & flags::HAS_METADATA != 0 { r.metadata(keep_metadata)? } else { Metadata::new() };
                 Frame::Notify(Notify { method, trace_id, metadata, payload: r.rest() })
             }
             FrameType::Cancel => Frame::Cancel { id },
@@ -1157,7 +1168,8 @@ impl Reader {
         })
     }
 
-    fn metadata(&mut self) -> Result<Metadata, ProtocolError> {
+    /// The metadata block, storing at most `keep` entries.
+    fn metadata(&mut self, keep: usize) -> Result<Metadata, ProtocolError> {
         let count = self.u16()? as usize;
         if count == 0 {
             return Err(ProtocolError::Malformed { frame: self.frame, reason: "metadata flag set with 0 entries" });
@@ -1165,14 +1177,16 @@ impl Reader {
         // Each entry takes at least 4 bytes: refuse a count the body cannot hold
         // before reserving space for it.
         self.need(count * 4)?;
-        let mut entries = Vec::with_capacity(count);
+        let mut entries = Vec::with_capacity(count.min(keep));
         for _ in 0..count {
             let key = self.str16("metadata key")?;
             if key.is_empty() {
                 return Err(ProtocolError::InvalidString { frame: self.frame, field: "metadata key", reason: "empty" });
             }
             let value = self.bytes16()?;
-            entries.push((key, value));
+            if entries.len() < keep {
+                entries.push((key, value));
+            }
         }
         Ok(Metadata(entries))
     }

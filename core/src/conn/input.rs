@@ -61,7 +61,10 @@ impl Connection {
             let mut body = self.recv.split_to(total).freeze();
             body.advance(HEADER_LEN);
             self.stats.frames_received += 1;
-            match Frame::decode(&header, body) {
+            // One entry over the limit is kept so the frame is still
+            // refused for it, with memory bounded by the limit.
+            let keep = self.config.max_metadata_entries as usize + 1;
+            match Frame::decode_keeping(&header, body, keep) {
                 Ok(frame) => self.handle_frame(frame),
                 Err(e) => self.protocol_error(e),
             }
