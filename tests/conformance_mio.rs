@@ -644,6 +644,23 @@ fn case_connect_errors(t: Transport) {
         }
         other => panic!("expected a transport error, got {other:?}"),
     }
+    // A server that never accepts, with its backlog full: the connect gives
+    // up at connect_timeout instead of blocking in connect(2).
+    #[cfg(unix)]
+    if t == Transport::Unix {
+        let path = dir.path().join("full.sock");
+        let options = wharf::transport::UnixBindOptions { backlog: 1, ..Default::default() };
+        let (_listener, _guard) = wharf::transport::bind_unix(&path, &options).unwrap();
+        let mut held = Vec::new();
+        while let Ok(s) = wharf::transport::connect_unix_within(&path, Duration::ZERO) {
+            held.push(s);
+            assert!(held.len() < 64, "the backlog never filled");
+        }
+        match Client::builder().connect_timeout(Duration::from_millis(300)).connect(&Endpoint::unix(&path)) {
+            Err(Error::Transport(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+            other => panic!("expected a connect timeout, got {other:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -77,11 +77,9 @@ impl Stream {
         match endpoint {
             #[cfg(unix)]
             Endpoint::Unix(path) => {
-                wharf_transport::check_unix_path(path)?;
-                // A Unix connect does not wait for the server to accept:
-                // it completes or fails at once.
-                let s = std::os::unix::net::UnixStream::connect(path)
-                    .map_err(|e| wharf_transport::connect_error::unix(path, e))?;
+                // Waits at most `timeout` when the server's listen backlog
+                // is full (a blocking connect would wait without bound).
+                let s = wharf_transport::connect_unix_within(path, timeout)?;
                 nonblocking(s.set_nonblocking(true))?;
                 let peer = wharf_transport::peer_credentials(&s).unwrap_or_default();
                 Ok((Stream::Unix(mio::net::UnixStream::from_std(s)), peer))

@@ -48,7 +48,7 @@ pub use policy::PeerPolicy;
 pub use recv::recv_buf;
 pub use tcp::{TcpOptions, bind_tcp, configure_accepted_tcp, configure_tcp_stream, require_auth_for_remote, resolve};
 #[cfg(unix)]
-pub use unix::{SocketFileGuard, bind_unix, lock_path, peer_credentials};
+pub use unix::{SocketFileGuard, bind_unix, connect_unix_within, lock_path, peer_credentials};
 #[cfg(windows)]
 pub use windows::{
     ERROR_PIPE_BUSY, create_pipe_instance, open_pipe_client, pipe_client_identity, pipe_server_identity,

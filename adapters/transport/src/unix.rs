@@ -256,6 +256,48 @@ pub fn peer_credentials(fd: impl AsFd) -> io::Result<PeerIdentity> {
     }
 }
 
+/// Connects to the Unix socket at `path`, waiting at most `timeout`.
+///
+/// A blocking `connect` on a Unix socket waits without bound while the
+/// server's listen backlog is full (a server that stopped accepting). Here
+/// the socket is non-blocking: a full backlog (`EAGAIN`) or a connect in
+/// progress (`EINPROGRESS` on some systems) is retried with growing pauses
+/// (1 ms doubling to 50 ms, the [`PipeRetry`](crate::PipeRetry) schedule)
+/// until the deadline, and then fails with a timeout naming the path.
+/// Other failures map through [`connect_error`]. The stream is returned in
+/// non-blocking mode. For blocking clients; async adapters wait on their
+/// reactor instead.
+pub fn connect_unix_within(path: &Path, timeout: std::time::Duration) -> Result<UnixStream, TransportError> {
+    use rustix::io::Errno;
+    check_unix_path(path)?;
+    let endpoint = format!("unix:{}", path.display());
+    let addr = SockAddr::unix(path).map_err(|e| connect_error(path, e))?;
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
+        .map_err(|e| TransportError::io("create a socket for", &endpoint, e))?;
+    sock.set_nonblocking(true).map_err(|e| TransportError::io("set non-blocking", &endpoint, e))?;
+    let mut retry = crate::PipeRetry::new(std::time::Instant::now(), timeout);
+    loop {
+        let e = match sock.connect(&addr) {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        match Errno::from_io_error(&e) {
+            Some(Errno::ISCONN) => break,
+            Some(Errno::AGAIN | Errno::INPROGRESS | Errno::ALREADY | Errno::INTR) => {
+                match retry.next_delay(std::time::Instant::now()) {
+                    Some(d) => {
+                        tracing::trace!(path = %path.display(), "wharf: listen backlog full; retrying connect");
+                        std::thread::sleep(d);
+                    }
+                    None => return Err(TransportError::timed_out(&endpoint, timeout)),
+                }
+            }
+            _ => return Err(connect_error(path, e)),
+        }
+    }
+    Ok(UnixStream::from(OwnedFd::from(sock)))
+}
+
 /// Maps a failed connect to a typed error naming the path.
 pub fn connect_error(path: &Path, e: io::Error) -> TransportError {
     let endpoint = format!("unix:{}", path.display());

@@ -93,6 +93,43 @@ mod unix {
         d
     }
 
+    /// A server that stopped accepting, with its listen backlog full: a
+    /// blocking connect would wait without bound; `connect_unix_within`
+    /// gives up at its deadline with a timeout naming the path, and
+    /// connects once the server takes a connection off the backlog.
+    #[test]
+    fn a_full_backlog_times_out_at_the_deadline_then_connects() {
+        use std::time::{Duration, Instant};
+        let d = dir();
+        let path = d.path().join("full.sock");
+        let options = UnixBindOptions { backlog: 2, ..UnixBindOptions::default() };
+        let (listener, _guard) = bind_unix(&path, &options).unwrap();
+        // Fill the backlog: non-blocking connects until one is refused
+        // with EAGAIN.
+        let mut held = Vec::new();
+        loop {
+            match wharf_transport::connect_unix_within(&path, Duration::ZERO) {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+                    break;
+                }
+            }
+            assert!(held.len() < 64, "the backlog of 2 never filled");
+        }
+        let t = Instant::now();
+        let e = wharf_transport::connect_unix_within(&path, Duration::from_millis(300)).unwrap_err();
+        let waited = t.elapsed();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("full.sock"), "the error names the path: {e}");
+        assert!(waited >= Duration::from_millis(300), "gave up early, after {waited:?}");
+        // Room again: the server accepts one.
+        let (_accepted, _) = listener.accept().unwrap();
+        let s = wharf_transport::connect_unix_within(&path, Duration::from_secs(10)).unwrap();
+        assert!(s.peer_addr().is_ok(), "connected");
+        drop(held);
+    }
+
     #[test]
     fn too_long_path_names_path_and_limit() {
         let long = PathBuf::from(format!("/tmp/{}", "x".repeat(200)));
