@@ -70,7 +70,9 @@ pub struct Config {
     /// Longest a graceful close waits for in-flight work to drain. Default 5 s.
     pub close_timeout: Duration,
     /// With bytes queued for the peer and none written for this long, the
-    /// connection fails with `PeerNotReading`. Default 30 s.
+    /// connection fails with `PeerNotReading`; after the connection ended,
+    /// output still queued is dropped after this long without progress.
+    /// Default 30 s.
     pub write_stall_timeout: Duration,
 }
 

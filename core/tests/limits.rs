@@ -1028,8 +1028,8 @@ fn close_timeout_bounds_a_graceful_close_with_calls_in_flight() {
 
 /// Output left when a connection ends (here: a slow consumer aborted while
 /// its peer reads nothing) is written while the peer reads, and given up
-/// at `write_stall_timeout` after the end, so a driver waiting for the
-/// queue to drain always finishes.
+/// at `write_stall_timeout` after the end when nothing is written, so a
+/// driver waiting for the queue to drain always finishes.
 #[test]
 fn output_left_after_the_end_is_dropped_at_the_linger_deadline() {
     use support::Solo;
@@ -1049,6 +1049,64 @@ fn output_left_after_the_end_is_dropped_at_the_linger_deadline() {
     assert_eq!(s.conn.transmit_len(), 0);
     assert_eq!(s.conn.next_timer(), None);
     assert_eq!(s.conn.poll_timeout().map(|_| ()), s.conn.has_events().then_some(()));
+}
+
+/// The linger after the end restarts whenever the driver writes some of
+/// what is left: a peer that keeps reading, however slowly, gets all of it;
+/// only `write_stall_timeout` without progress drops it.
+#[test]
+fn the_linger_after_the_end_restarts_on_progress() {
+    let cfg = config_with(|c| c.write_stall_timeout = Duration::from_secs(3));
+    let mut p = Pair::connected_with(Config::default(), cfg);
+    let now = p.now;
+    let id = p.client.conn.request("big", Bytes::new(), CallOptions::new(), now).unwrap();
+    let bytes = take_output(&mut p.client.conn, now);
+    p.server.conn.handle_input(&bytes, now);
+    let call = match p.server.conn.poll_event() {
+        Some(Event::Request(c)) => c,
+        other => panic!("{other:?}"),
+    };
+    p.server.conn.respond(call.id, Bytes::from(vec![5u8; 100 * KIB])).unwrap();
+    p.server.conn.abort(Code::SHUTTING_DOWN, "done", now);
+    assert!(p.server.conn.is_closed(), "ended: what is left is lingering output");
+    let mut t = now;
+    let mut wrote = Vec::new();
+    // 2 s per 10 KiB: far longer than the 3 s linger in all, never 3 s
+    // without progress.
+    while p.server.conn.transmit_len() > 0 {
+        t += Duration::from_secs(2);
+        p.server.conn.handle_timeout(t);
+        assert!(p.server.conn.transmit_len() > 0 || wrote.len() >= 100 * KIB, "dropped while being written");
+        let mut slices = [std::io::IoSlice::new(&[]); 4];
+        let n = p.server.conn.transmit_slices(t, &mut slices);
+        let mut chunk = Vec::new();
+        for s in &slices[..n] {
+            chunk.extend_from_slice(s);
+        }
+        let take = chunk.len().min(10 * KIB);
+        wrote.extend_from_slice(&chunk[..take]);
+        p.server.conn.advance_transmit(take, t);
+    }
+    assert!(t - now > Duration::from_secs(10), "the test must outlast the linger");
+    p.client.conn.handle_input(&wrote, t);
+    let got = std::iter::from_fn(|| p.client.conn.poll_event()).find_map(|e| match e {
+        Event::Response { id: r, result } if r == id => Some(result),
+        _ => None,
+    });
+    assert!(matches!(got, Some(Ok(ref b)) if b.len() == 100 * KIB), "the whole response arrived: {got:?}");
+
+    // Without progress, the rest is dropped 3 s after the last write.
+    let mut s = support::Solo::server(config_with(|c| c.write_stall_timeout = Duration::from_secs(3)));
+    s.conn.abort(Code::SLOW_CONSUMER, "too slow", s.now);
+    let mut slices = [std::io::IoSlice::new(&[]); 4];
+    let t0 = s.now + Duration::from_secs(2);
+    let n = s.conn.transmit_slices(t0, &mut slices);
+    assert!(n > 0);
+    s.conn.advance_transmit(1, t0);
+    s.conn.handle_timeout(t0 + Duration::from_millis(2_900));
+    assert!(s.conn.transmit_len() > 0, "dropped before 3 s without progress");
+    s.conn.handle_timeout(t0 + Duration::from_secs(3));
+    assert_eq!(s.conn.transmit_len(), 0, "dropped after 3 s without progress");
 }
 
 /// A pause caused by the outbound queue is counted too, even when it is a

@@ -900,9 +900,7 @@ impl Connection {
         }
         self.out.advance(n);
         self.stats.bytes_sent += n as u64;
-        self.stall_since = if self.out.is_empty() { None } else { Some(self.now) };
-        self.check_writable();
-        self.note_read_resume();
+        self.wrote_some();
     }
 
     /// Takes the next chunk of bytes to write (the driver owns writing it
@@ -913,9 +911,7 @@ impl Connection {
         self.transmit_dirty = false;
         let chunk = self.out.pop()?;
         self.stats.bytes_sent += chunk.len() as u64;
-        self.stall_since = if self.out.is_empty() { None } else { Some(self.now) };
-        self.check_writable();
-        self.note_read_resume();
+        self.wrote_some();
         Some(chunk)
     }
 
@@ -1712,6 +1708,18 @@ impl Connection {
         self.stats.frames_sent += 1;
         self.transmit_dirty = true;
         self.note_read_pause();
+    }
+
+    /// The driver wrote some of the queue: the stall clock restarts, and so
+    /// does the linger of output left after the end (it is dropped only
+    /// after `write_stall_timeout` without progress, like a stall).
+    fn wrote_some(&mut self) {
+        self.stall_since = if self.out.is_empty() { None } else { Some(self.now) };
+        if self.linger.is_some() {
+            self.linger = Some(self.now + self.config.write_stall_timeout);
+        }
+        self.check_writable();
+        self.note_read_resume();
     }
 
     /// Counts the moment reading becomes paused (`wants_read` turns
