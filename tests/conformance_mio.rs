@@ -834,6 +834,18 @@ fn case_handshake_flood_capped(t: Transport) {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn registering_a_server_twice_is_refused() {
+    let dir = tmp();
+    let mut server = Server::bind(&endpoint(Transport::Unix, &dir), ServerOptions::default()).unwrap();
+    let poll = Poll::new().unwrap();
+    server.register(poll.registry(), LISTENER, 2..10).unwrap();
+    let e = server.register(poll.registry(), LISTENER, 20..30).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+    assert!(server.owns(Token(2)) && !server.owns(Token(20)), "the first range stays");
+}
+
 /// Bound on one whole case, so a hang fails the test instead of the run.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 

@@ -186,7 +186,11 @@ pub struct BrokerStats {
     pub published: u64,
     /// Messages queued for subscriptions.
     pub queued: u64,
-    /// Messages handed out by `next_delivery`.
+    /// Messages taken off the queues by `next_delivery` (or
+    /// `deliver_into`) and not put back: a message returned with
+    /// `return_delivery`, or that `deliver_into` could not hand to a
+    /// closing connection, is not counted here (the latter is `discarded`).
+    /// Lag reports are not messages and are not counted.
     pub delivered: u64,
     /// Messages dropped because a subscriber's queue was full
     /// (`queue_messages` / `queue_bytes`).
@@ -486,8 +490,8 @@ impl Broker {
 
     /// Registers a subscription that `conn` (the server connection of
     /// `subscriber`) received as [`Event::Subscribe`](crate::Event::Subscribe),
-    /// and answers it on that connection: accepted, or refused with
-    /// `TOO_MANY_SUBSCRIPTIONS` or `INVALID_TOPIC`. Every driver answers a
+    /// and answers it on that connection: accepted, or refused with the
+    /// code [`refusal_code`](Self::refusal_code) gives. Every driver answers a
     /// SUBSCRIBE this way, so that the code lives once.
     pub fn subscribe_on(
         &mut self,
@@ -502,12 +506,26 @@ impl Broker {
             Ok(()) => conn.accept_subscription(subscription),
             Err(e) => {
                 tracing::debug!(error = %e, "wharf: subscription refused by the broker");
-                let code = match e {
-                    BrokerError::TooManySubscriptions { .. } => Code::TOO_MANY_SUBSCRIPTIONS,
-                    _ => Code::INVALID_TOPIC,
-                };
+                let code = Self::refusal_code(&e);
                 conn.refuse_subscription(subscription, code)
             }
+        }
+    }
+
+    /// The ACK code [`subscribe_on`](Self::subscribe_on) answers a refusal
+    /// with: the broker's own limits (`TOO_MANY_SUBSCRIPTIONS`,
+    /// `INVALID_TOPIC`), `SLOW_CONSUMER` for a subscriber being disconnected
+    /// as too slow, `UNAVAILABLE` for one the broker no longer knows (its
+    /// connection is being torn down), `INTERNAL` for a subscription id
+    /// registered twice (the connection refuses reused ids first, so this
+    /// means the driver registered it twice).
+    pub fn refusal_code(e: &BrokerError) -> Code {
+        match e {
+            BrokerError::TooManySubscriptions { .. } => Code::TOO_MANY_SUBSCRIPTIONS,
+            BrokerError::InvalidTopic { .. } => Code::INVALID_TOPIC,
+            BrokerError::Disconnected(_) => Code::SLOW_CONSUMER,
+            BrokerError::UnknownSubscriber(_) => Code::UNAVAILABLE,
+            BrokerError::DuplicateSubscription { .. } => Code::INTERNAL,
         }
     }
 

@@ -1308,3 +1308,54 @@ fn backlog_returns_to_zero_when_queues_are_discarded() {
     assert_eq!(st.discarded, 2 + 3 + 4);
     assert_eq!(st.queued, st.delivered + st.dropped + st.discarded);
 }
+
+/// `subscribe_on` answers each broker refusal with its own ACK code, over a
+/// real connection pair: the broker's topic and count limits, a subscriber
+/// already cut off as a slow consumer, and one the broker does not know.
+#[test]
+fn subscribe_on_answers_each_refusal_with_its_code() {
+    let config = BrokerConfig { max_subscriptions: 1, max_topic_len: 4, queue_messages: 1, ..BrokerConfig::default() };
+    let mut b = Broker::new(config).unwrap();
+    let mut p = Pair::connected();
+    let who = SubscriberId(7);
+    b.add_subscriber(who);
+    fn ask(
+        p: &mut Pair,
+        b: &mut Broker,
+        who: SubscriberId,
+        topic: &str,
+        policy: SlowConsumerPolicy,
+    ) -> Result<(), AckError> {
+        let options = SubscribeOptions { prefix: false, policy };
+        let id = p.client.conn.subscribe(t(topic), options).unwrap();
+        p.drive();
+        let (sid, topic, prefix, policy) = p
+            .server
+            .take()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Subscribe { id, topic, prefix, policy } => Some((id, topic, prefix, policy)),
+                _ => None,
+            })
+            .expect("the server saw the SUBSCRIBE");
+        b.subscribe_on(who, &mut p.server.conn, sid, topic, prefix, policy).unwrap();
+        p.drive();
+        p.client
+            .take()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::SubscribeResult { id: r, result } if r == id => Some(result),
+                _ => None,
+            })
+            .expect("an answer")
+    }
+    assert_eq!(ask(&mut p, &mut b, who, "toolong", Disconnect), Err(AckError::Refused(Code::INVALID_TOPIC)));
+    assert_eq!(ask(&mut p, &mut b, who, "a", Disconnect), Ok(()));
+    assert_eq!(ask(&mut p, &mut b, who, "b", Disconnect), Err(AckError::Refused(Code::TOO_MANY_SUBSCRIPTIONS)));
+    // Overflow the one-message queue: the Disconnect policy cuts it off.
+    b.publish(&t("a"), &Bytes::from_static(b"1"));
+    b.publish(&t("a"), &Bytes::from_static(b"2"));
+    assert!(broker_events(&mut b).iter().any(|e| matches!(e, BrokerEvent::Disconnect { .. })));
+    assert_eq!(ask(&mut p, &mut b, who, "c", DropOldest), Err(AckError::Refused(Code::SLOW_CONSUMER)));
+    assert_eq!(ask(&mut p, &mut b, SubscriberId(99), "d", DropOldest), Err(AckError::Refused(Code::UNAVAILABLE)));
+}

@@ -219,7 +219,12 @@ impl Conn {
                     // A read that did not fill the room it had drained the
                     // socket: the next bytes bring a new edge (Unix; mio on
                     // Windows re-arms only on a would-block it sees), so
-                    // no read is spent to hear "would block".
+                    // no read is spent to hear "would block". Exceptions
+                    // the kernel makes, a read stopping early at TCP urgent
+                    // data or at a Unix message carrying SCM_RIGHTS (which
+                    // wharf peers never send), leave bytes unread until
+                    // the peer's next write: only a peer doing that is
+                    // slowed, and its calls still end by their deadlines.
                     if cfg!(unix) && n < room {
                         self.readable = false;
                     }

@@ -109,8 +109,11 @@ pub struct ServerEvent {
     pub connection_id: u64,
     /// What happened. Pub/sub frames (subscribe, unsubscribe, publish) and
     /// the handshake are handled by the server itself and never appear;
-    /// `Closed` is the last event of a connection, after which its token
-    /// is free again.
+    /// `Closed` is the last event of a connection. Its token is free again
+    /// once the connection has finished (its last output written or given
+    /// up, see [`Conn::is_finished`](crate::Conn::is_finished)), which can
+    /// be after `Closed`: events for the token until then are still
+    /// the old connection's.
     pub event: Event,
 }
 
@@ -273,12 +276,21 @@ impl Server {
     /// `PermissionDenied` error wrapping
     /// [`TransportError::RemoteWithoutAuth`](wharf_transport::TransportError::RemoteWithoutAuth),
     /// unless an auth hook was set first: it never accepts a connection
-    /// without one.
+    /// without one. A second `register` is refused (`AlreadyExists`): the
+    /// connections hold tokens of the first range.
     pub fn register(&mut self, registry: &Registry, listener: Token, connections: Range<usize>) -> io::Result<()> {
         if connections.contains(&listener.0) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the listener token is inside the connection range",
+            ));
+        }
+        // A second registration would reset the token range under the
+        // connections that hold tokens from the first.
+        if self.registry.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("the server on {} is already registered", self.endpoint),
             ));
         }
         // A non-loopback TCP listener starts accepting only with an auth

@@ -3,7 +3,7 @@
 //! HELLO is read; the default admits the server's own user) and TCP
 //! exposure (X15). (The foreign-uid version of this
 //! test, with a client really running as another user, is the tokio
-//! adapter's `tests/peer_policy.rs`: both servers call the same
+//! adapter's `tests/security.rs`: both servers call the same
 //! `PeerPolicy::check` at accept.)
 #![cfg(unix)]
 
