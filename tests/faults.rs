@@ -1,4 +1,4 @@
-//! Fault scenarios S1, S5, S6, S7, S8 and S9 of the reliability checklist
+//! Fault scenarios S1, S5, S6, S7, S8, S9 and S11 (keepalive) of the reliability checklist
 //! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, over
 //! Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The cases
 //! are in `tests/conformance/faults.rs`.
@@ -62,6 +62,9 @@ macro_rules! faults {
             });
             fault_case!(handshake_flood_is_capped_oldest_first, $adapter, 180, |env| {
                 f::handshake_flood_is_capped_oldest_first(env)
+            });
+            fault_case!(keepalive_closes_a_silent_peer_and_keeps_an_idle_one, $adapter, 60, |env| {
+                f::keepalive_closes_a_silent_peer_and_keeps_an_idle_one(env)
             });
             fault_case!(peer_that_never_reads_is_bounded_then_disconnected, $adapter, 120, |env| {
                 f::peer_that_never_reads_is_bounded_then_disconnected(env)

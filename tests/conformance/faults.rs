@@ -659,6 +659,68 @@ impl RawClient {
     }
 }
 
+/// S11, keepalive on a real socket. A peer completes its handshake and then
+/// goes silent (it is alive, its socket open, but it answers no PING):
+/// the server, with `keepalive_interval` 200 ms, closes it with
+/// `KeepaliveTimeout` no sooner than 3 intervals after it last heard from
+/// it, while a client that answers the pings (a normal one, idle) stays
+/// connected through the same time.
+pub async fn keepalive_closes_a_silent_peer_and_keeps_an_idle_one(env: &Env) {
+    const K: Duration = Duration::from_millis(200);
+    let config = Config { keepalive_interval: Some(K), ..Config::default() };
+    let disconnects: Watch<Vec<(ConnectionError, Instant)>> = Watch::new(Vec::new());
+    let make = || {
+        let disconnects = disconnects.clone();
+        env.server()
+            .config(config.clone())
+            .router(echo_router())
+            .on_disconnect(move |_, why| disconnects.update(|v| v.push((why.clone(), Instant::now()))))
+    };
+    let (server, ep) = env.bind(make).await;
+    let path = match &ep {
+        Endpoint::Unix(p) => p.clone(),
+        other => panic!("a Unix endpoint, not {other}"),
+    };
+    let idle = env.connect(&ep).await;
+    echo_ok(&idle, "before the silence").await;
+    // The silent one: the handshake, then nothing (it never reads again,
+    // so it never answers a PING).
+    let connected_at = Watch::new(None);
+    let (end, ended) = std::sync::mpsc::channel::<()>();
+    let silent = {
+        let connected_at = connected_at.clone();
+        std::thread::spawn(move || {
+            let c = RawClient::connect(&path).expect("handshake");
+            connected_at.set(Some(Instant::now()));
+            // Held open, silent, until the test ends (the next case counts
+            // descriptors).
+            let _ = ended.recv_timeout(Duration::from_secs(30));
+            drop(c);
+        })
+    };
+    let t0 =
+        env.within(WAIT, "the silent peer's handshake", connected_at.wait_map(Option::is_some, |t| t.unwrap())).await;
+    let (why, at) = env
+        .within(
+            Duration::from_secs(5),
+            "the silent peer to be closed",
+            disconnects.wait_map(|v| !v.is_empty(), |v| v[0].clone()),
+        )
+        .await;
+    let after = at - t0;
+    eprintln!("S11 keepalive {}: the silent peer was closed after {after:?} (keepalive {K:?}): {why}", env.adapter);
+    assert!(matches!(why, ConnectionError::KeepaliveTimeout(_)), "closed for {why:?}");
+    assert!(after + Duration::from_millis(20) >= 3 * K, "closed after {after:?}, before 3 keepalive intervals");
+    // The idle client answered every PING meanwhile: still connected and
+    // served, and nobody else was closed.
+    echo_ok(&idle, "after the silent peer was closed").await;
+    assert_eq!(server.connection_count(), 1, "only the idle client remains");
+    assert_eq!(disconnects.with(Vec::len), 1);
+    idle.close("done").await;
+    let _ = end.send(());
+    silent.join().expect("the silent peer's thread");
+}
+
 /// S9 and the real-socket half of §2 case 37. A client calls a method
 /// that answers 1 MiB, up to the server's in-flight limit, then sends 1 MiB
 /// notifications back to back and never reads. The server's queue for it
