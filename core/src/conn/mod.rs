@@ -215,6 +215,15 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Between frames, a receive block still shared with frames handed out in
 /// events is read into until less than this much room is left.
 const MIN_READ: usize = 8 * 1024;
+
+/// How much a large frame's receive buffer may grow at once, as a multiple
+/// of what it already holds. A peer that declares a large frame and then
+/// stalls has made the connection reserve at most this many times what it
+/// sent (plus one [`READ_CHUNK`]), never the declared length; a 1 MiB frame
+/// is then read with one growth after its first block instead of four
+/// (each growth copies what arrived: doubling copied about the whole frame
+/// again, this copies a sixteenth; docs/PERFORMANCE.md, *Bandwidth*).
+const RECV_GROWTH: usize = 16;
 /// The receive block of a connection that has not needed a full one yet
 /// (new, or whose blocks were released): enough for a handshake or a
 /// small message, and for a driver to find out whether anything arrived.
@@ -575,12 +584,19 @@ impl Connection {
     /// Bytes already in the buffer must not be modified.
     pub fn recv_buffer(&mut self) -> &mut BytesMut {
         let (need, want) = match self.pending_header {
-            // Grow towards the declared frame, but never by more than what
-            // has actually arrived (so a lying length cannot make us reserve).
+            // Grow towards the declared frame, but never by more than
+            // RECV_GROWTH times what has actually arrived (so a lying length
+            // cannot make us reserve what was declared).
             Some(h) => {
-                let want = (HEADER_LEN + h.len as usize)
-                    .saturating_sub(self.recv.len())
-                    .clamp(1, READ_CHUNK.max(self.recv.len()));
+                let len = self.recv.len();
+                let remaining = (HEADER_LEN + h.len as usize).saturating_sub(len).max(1);
+                let room = self.recv.capacity() - len;
+                if len + remaining > READ_CHUNK && room >= remaining.min(MIN_READ) {
+                    // A large frame with room left: read into it; grow
+                    // only once it is (nearly) full.
+                    return &mut self.recv;
+                }
+                let want = remaining.min(READ_CHUNK.max(RECV_GROWTH * len));
                 (want, want)
             }
             // A small block: any room will do to see what arrives.
