@@ -836,6 +836,31 @@ fn case_handshake_flood_capped(t: Transport) {
 
 #[cfg(unix)]
 #[test]
+fn max_connections_per_user_rejects_a_users_extra_clients() {
+    bounded("per_user", || {
+        let dir = tmp();
+        let options = ServerOptions { max_connections_per_user: 2, ..Default::default() };
+        let server = mio_server(endpoint(Transport::Unix, &dir), options, None);
+        let ep = server.endpoint.clone();
+        let mut a = Client::connect(&ep).unwrap();
+        let b = Client::connect(&ep).unwrap();
+        match Client::connect(&ep) {
+            Err(Error::ConnectionLost(ConnectionError::Rejected { code, reason, retry_after })) => {
+                assert_eq!(code, Code::TOO_MANY_CONNECTIONS);
+                assert!(reason.contains("user") && retry_after.is_some(), "{reason} {retry_after:?}");
+            }
+            other => panic!("a third client of this user: expected Rejected, got {other:?}"),
+        }
+        assert_eq!(a.call_raw("echo", Bytes::from_static(b"a")).unwrap(), &b"a"[..]);
+        drop(b);
+        wait_until("the closed client to be removed", || server.seen.held.load(Ordering::SeqCst) == 1);
+        let mut c = Client::connect(&ep).unwrap();
+        assert_eq!(c.call_raw("echo", Bytes::from_static(b"c")).unwrap(), &b"c"[..]);
+    });
+}
+
+#[cfg(unix)]
+#[test]
 fn registering_a_server_twice_is_refused() {
     let dir = tmp();
     let mut server = Server::bind(&endpoint(Transport::Unix, &dir), ServerOptions::default()).unwrap();

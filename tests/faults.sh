@@ -4,7 +4,8 @@
 # adapter: tokio, smol, async-std), one at a time, printing what each
 # measured (the full log goes to target/faults.log). Linux only. About 2
 # minutes on a 2-core machine. Extra arguments go to the test
-# binary, e.g. `tests/faults.sh tokio::` for one adapter.
+# binary, e.g. `tests/faults.sh tokio::` for one adapter; WHARF_FAULT_KILLS=10000
+# sets the length of the heavy kill loop (default 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --locked --test faults -- --include-ignored --nocapture --test-threads=1 "$@" 2>&1 |

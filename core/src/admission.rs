@@ -1,5 +1,7 @@
-//! [`HandshakeGate`]: a bound on connections that were accepted but have
-//! not sent their HELLO yet, shared by every server loop.
+//! Server-wide admission limits shared by every server loop:
+//! [`HandshakeGate`], a bound on connections that were accepted but have
+//! not sent their HELLO yet, and [`PerUserLimit`], a bound on one local
+//! user's connections.
 //!
 //! A peer that connects and then sends nothing (or dribbles its HELLO a
 //! byte at a time) costs the server a descriptor and a connection until
@@ -106,6 +108,74 @@ impl<K: Copy + PartialEq> HandshakeGate<K> {
     }
 }
 
+/// Counts a server's established connections per user (the uid the
+/// kernel reports for a Unix-socket peer) and refuses one more past the
+/// limit: one local user cannot take every connection slot from the
+/// others. Peers without a uid (TCP, named pipes) are not counted.
+///
+/// ```
+/// use wharf_core::PerUserLimit;
+///
+/// let mut per_user = PerUserLimit::new(2);
+/// assert!(per_user.try_admit(Some(1000)));
+/// assert!(per_user.try_admit(Some(1000)));
+/// assert!(!per_user.try_admit(Some(1000)), "a third for uid 1000 is refused");
+/// assert!(per_user.try_admit(Some(1001)), "another user still gets in");
+/// per_user.release(Some(1000));
+/// assert!(per_user.try_admit(Some(1000)));
+/// assert!(per_user.try_admit(None), "no uid: not counted");
+/// ```
+#[derive(Clone, Debug)]
+pub struct PerUserLimit {
+    limit: usize,
+    counts: std::collections::HashMap<u32, usize>,
+}
+
+impl PerUserLimit {
+    /// At most `limit` connections per uid.
+    pub fn new(limit: usize) -> Self {
+        PerUserLimit { limit, counts: std::collections::HashMap::new() }
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts one more connection of `uid` if it is under the limit;
+    /// `false` (nothing counted) if it is not. `None` is always admitted
+    /// and not counted.
+    pub fn try_admit(&mut self, uid: Option<u32>) -> bool {
+        let Some(uid) = uid else { return true };
+        let n = self.counts.entry(uid).or_insert(0);
+        if *n >= self.limit {
+            if *n == 0 {
+                self.counts.remove(&uid);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// One connection of `uid` that [`try_admit`](Self::try_admit)
+    /// counted has ended.
+    pub fn release(&mut self, uid: Option<u32>) {
+        let Some(uid) = uid else { return };
+        if let Some(n) = self.counts.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&uid);
+            }
+        }
+    }
+
+    /// Connections counted for `uid` now.
+    pub fn count(&self, uid: u32) -> usize {
+        self.counts.get(&uid).copied().unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +194,20 @@ mod tests {
         assert_eq!((g.waiting(), g.evicted()), (3, 2));
         g.hello_received(42); // unknown: ignored
         assert_eq!(g.waiting(), 3);
+    }
+
+    #[test]
+    fn per_user_counts_return_to_zero() {
+        let mut p = PerUserLimit::new(1);
+        assert!(p.try_admit(Some(5)));
+        assert!(!p.try_admit(Some(5)));
+        p.release(Some(5));
+        assert_eq!(p.count(5), 0);
+        assert!(p.counts.is_empty(), "no entry left for a user with no connection");
+        let mut zero = PerUserLimit::new(0);
+        assert!(!zero.try_admit(Some(1)));
+        assert!(zero.counts.is_empty());
+        p.release(Some(99)); // unknown: ignored
     }
 
     #[test]

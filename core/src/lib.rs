@@ -32,7 +32,7 @@ mod stats;
 mod text;
 pub mod wire;
 
-pub use admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, HandshakeGate};
+pub use admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, HandshakeGate, PerUserLimit};
 pub use bytes::{Bytes, BytesMut};
 pub use config::{Config, MAX_TIMEOUT, MIN_KEEPALIVE};
 pub use conn::{CallOptions, Connection, Role, SubscribeOptions, Timeout};

@@ -1312,6 +1312,30 @@ pub async fn max_connections_rejects_extra_clients(env: &Env) {
     echo_ok(&c, "c").await;
 }
 
+/// `max_connections_per_user` (Unix sockets: the peer's uid): a user's
+/// clients beyond the bound are rejected with `TOO_MANY_CONNECTIONS` and a
+/// retry hint while the server has room; when one leaves, the user may
+/// connect again. (Another user keeping its own count is proved by
+/// `PerUserLimit`'s tests in wharf-core.)
+pub async fn max_connections_per_user_rejects_a_users_extra_clients(env: &Env) {
+    let (server, ep) = env.bind(|| env.server().router(basic_router()).max_connections_per_user(2)).await;
+    let a = env.connect(&ep).await;
+    let b = env.connect(&ep).await;
+    match env.client().connect(&ep).await {
+        Err(Error::ConnectionLost(ConnectionError::Rejected { code, retry_after, reason })) => {
+            assert_eq!(code, Code::TOO_MANY_CONNECTIONS);
+            assert!(reason.contains("user"), "the reason names the per-user bound: {reason}");
+            assert!(retry_after.is_some(), "no retry hint");
+        }
+        other => panic!("a third client of this user: expected Rejected, got {other:?}"),
+    }
+    echo_ok(&a, "a").await;
+    b.close("making room").await;
+    eventually(env, "the closed session to be gone", || server.connection_count() == 1).await;
+    let c = env.connect(&ep).await;
+    echo_ok(&c, "c").await;
+}
+
 /// Dropping a server-stream's receiver cancels the call: the handler's
 /// future is dropped.
 pub async fn dropped_stream_cancels_handler(env: &Env) {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
 use wharf_core::{
     AuthReject, Code, Config, Connection, ConnectionError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES,
-    HandshakeGate, HandshakeRequest, PublishId, SlowConsumerPolicy, SubscriptionId, Text,
+    HandshakeGate, HandshakeRequest, PerUserLimit, PublishId, SlowConsumerPolicy, SubscriptionId, Text,
 };
 use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
@@ -66,6 +66,8 @@ struct Entry {
     inner: Arc<Inner>,
     flags: Arc<Flags>,
     name: Text,
+    /// Counted in `per_user` (released when the session ends).
+    per_user: bool,
 }
 
 pub(crate) struct ServerShared {
@@ -84,6 +86,8 @@ pub(crate) struct ServerShared {
     max_connections: usize,
     /// Connections still owing their HELLO, oldest first.
     gate: Mutex<HandshakeGate<u64>>,
+    /// Connections past their HELLO per peer uid.
+    per_user: Mutex<PerUserLimit>,
     peer_policy: PeerPolicy,
     /// Peers closed at accept by the peer policy.
     refused: AtomicU64,
@@ -120,10 +124,22 @@ impl ServerLink {
             );
             return;
         }
+        if !shared.per_user().try_admit(inner.peer.uid) {
+            tracing::debug!(connection_id = self.id, uid = ?inner.peer.uid, "wharf: too many connections for this user");
+            let _ = st.conn.reject(
+                Code::TOO_MANY_CONNECTIONS,
+                "too many connections for this user",
+                Some(Duration::from_secs(1)),
+            );
+            return;
+        }
         if let Ok(mut s) = shared.sessions.lock()
             && let Some(e) = s.get_mut(&self.id)
         {
             e.name = req.client_name.clone();
+            e.per_user = true;
+        } else {
+            shared.per_user().release(inner.peer.uid);
         }
         match &shared.auth {
             None => {
@@ -220,6 +236,9 @@ impl ServerLink {
         shared.broker().remove_subscriber(SubscriberId(self.id));
         shared.gate().forget(self.id);
         let entry = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        if entry.as_ref().is_some_and(|e| e.per_user) {
+            shared.per_user().release(inner.peer.uid);
+        }
         let was_connected = inner.lock().connected.is_some();
         if was_connected && let (Some(hook), Some(entry)) = (&shared.on_disconnect, entry) {
             let info = SessionInfo { connection_id: self.id, client_name: entry.name, peer: inner.peer };
@@ -238,6 +257,10 @@ impl ServerLink {
 impl ServerShared {
     fn broker(&self) -> std::sync::MutexGuard<'_, Broker> {
         self.broker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn per_user(&self) -> std::sync::MutexGuard<'_, PerUserLimit> {
+        self.per_user.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn gate(&self) -> std::sync::MutexGuard<'_, HandshakeGate<u64>> {
@@ -318,7 +341,7 @@ impl ServerShared {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Entry { inner: inner.clone(), flags, name: Text::new() });
+            .insert(id, Entry { inner: inner.clone(), flags, name: Text::new(), per_user: false });
         tracing::debug!(connection_id = id, ?peer, "wharf: accepted a connection");
         self.backend.runtime.spawn(Box::pin(Driver::new(inner, stream)));
         let evict = self.gate().accepted(id);
@@ -482,6 +505,7 @@ pub struct ServerBuilder {
     on_disconnect: Option<DisconnectHook>,
     max_connections: usize,
     max_pending_handshakes: usize,
+    max_per_user: usize,
     bind: BindOptions,
     peer_policy: PeerPolicy,
 }
@@ -507,6 +531,7 @@ impl ServerBuilder {
             on_disconnect: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_per_user: usize::MAX,
             bind: BindOptions::default(),
             peer_policy: PeerPolicy::default(),
         }
@@ -558,6 +583,19 @@ impl ServerBuilder {
     /// [`max_connections`](Self::max_connections) only.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending_handshakes = n;
+        self
+    }
+
+    /// Most connections one local user (one peer uid of a Unix socket)
+    /// may hold at once; one more is rejected in the handshake with
+    /// `TOO_MANY_CONNECTIONS` and a retry hint. Default: no per-user bound
+    /// (the default [peer policy](Self::peer_policy) admits only the
+    /// server's own user and root, so `max_connections` already is one).
+    /// Set it when the policy lets other users in, so that one of them
+    /// cannot take every slot. Peers without a uid (TCP, named pipes) are
+    /// not counted.
+    pub fn max_connections_per_user(mut self, n: usize) -> Self {
+        self.max_per_user = n;
         self
     }
 
@@ -639,6 +677,7 @@ impl ServerBuilder {
             on_disconnect: self.on_disconnect,
             max_connections: self.max_connections,
             gate: Mutex::new(HandshakeGate::new(self.max_pending_handshakes)),
+            per_user: Mutex::new(PerUserLimit::new(self.max_per_user)),
             peer_policy: self.peer_policy,
             refused: AtomicU64::new(0),
             stopping: AtomicBool::new(false),

@@ -12,7 +12,7 @@ use mio::{Registry, Token};
 use wharf_core::broker::{Broker, BrokerConfig, BrokerEvent, BrokerStats, PublishReport, SubscriberId};
 use wharf_core::{
     AuthReject, Code, Config, Connection, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Event,
-    HandshakeGate, RequestId, SendError, Text,
+    HandshakeGate, PerUserLimit, RequestId, SendError, Text,
 };
 use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
@@ -78,6 +78,13 @@ pub struct ServerOptions {
     /// client that sends its HELLO promptly is served in the middle of it
     /// (see [`HandshakeGate`](wharf_core::HandshakeGate)).
     pub max_pending_handshakes: usize,
+    /// Most connections one local user (one peer uid of a Unix socket)
+    /// may hold at once; one more is rejected in the handshake with
+    /// `TOO_MANY_CONNECTIONS` and a retry hint. Default: no per-user bound
+    /// (`usize::MAX`; the default peer policy admits only the server's own
+    /// user and root). Set it when `peer_policy` lets other users in.
+    /// Peers without a uid (TCP, named pipes) are not counted.
+    pub max_connections_per_user: usize,
     /// Which local users may connect to a Unix socket, judged on the
     /// kernel's credentials at accept time, before any frame is read: a
     /// refused peer is closed at once, without a handshake (counted in
@@ -95,6 +102,7 @@ impl Default for ServerOptions {
             bind: BindOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_connections_per_user: usize::MAX,
             peer_policy: PeerPolicy::default(),
         }
     }
@@ -130,6 +138,8 @@ struct Peer {
     slow: bool,
     /// Connected was seen and Closed not yet (counted in `established`).
     connected: bool,
+    /// Counted in the server's `per_user` (released at removal).
+    per_user: bool,
 }
 
 /// A wharf server driven by the application's `mio::Poll`: it owns the
@@ -180,6 +190,8 @@ pub struct Server {
     max_connections: usize,
     /// Connections owing their HELLO (by connection id), oldest first.
     gate: HandshakeGate<u64>,
+    /// Connections past their HELLO per peer uid.
+    per_user: PerUserLimit,
     peer_policy: PeerPolicy,
     /// Peers closed at accept by the peer policy.
     refused: u64,
@@ -235,6 +247,7 @@ impl Server {
             config: Arc::new(options.config),
             max_connections: options.max_connections,
             gate: HandshakeGate::new(options.max_pending_handshakes),
+            per_user: PerUserLimit::new(options.max_connections_per_user),
             peer_policy: options.peer_policy,
             refused: 0,
             broker,
@@ -584,7 +597,8 @@ impl Server {
         match event {
             Event::HandshakeRequest(req) => {
                 self.gate.hello_received(id);
-                let verdict = if let Some((reason, hint)) = &self.stopping {
+                let uid = self.peers.get(&token).and_then(|p| p.conn.peer().uid);
+                let limits = if let Some((reason, hint)) = &self.stopping {
                     Err(AuthReject { code: Code::SHUTTING_DOWN, reason: reason.clone(), retry_after: *hint })
                 } else if self.established >= self.max_connections {
                     Err(AuthReject {
@@ -592,16 +606,31 @@ impl Server {
                         reason: "the server has too many connections".into(),
                         retry_after: Some(Duration::from_secs(1)),
                     })
-                } else if let Some(hook) = self.auth.as_mut() {
-                    let peer = self.peers.get(&token).map(|p| *p.conn.peer()).unwrap_or_default();
-                    hook(&AuthRequest {
-                        connection_id: id,
-                        client_name: &req.client_name,
-                        auth: &req.auth,
-                        peer: &peer,
+                } else if !self.per_user.try_admit(uid) {
+                    Err(AuthReject {
+                        code: Code::TOO_MANY_CONNECTIONS,
+                        reason: "too many connections for this user".into(),
+                        retry_after: Some(Duration::from_secs(1)),
                     })
                 } else {
+                    // Counted: released when the connection is removed.
+                    if let Some(p) = self.peers.get_mut(&token) {
+                        p.per_user = true;
+                    }
                     Ok(())
+                };
+                let verdict = match (limits, self.auth.as_mut()) {
+                    (Err(rej), _) => Err(rej),
+                    (Ok(()), None) => Ok(()),
+                    (Ok(()), Some(hook)) => {
+                        let peer = self.peers.get(&token).map(|p| *p.conn.peer()).unwrap_or_default();
+                        hook(&AuthRequest {
+                            connection_id: id,
+                            client_name: &req.client_name,
+                            auth: &req.auth,
+                            peer: &peer,
+                        })
+                    }
                 };
                 let conn = self.peers.get_mut(&token)?.conn.core();
                 let r = match verdict {
@@ -667,6 +696,9 @@ impl Server {
             self.established -= 1;
         }
         self.gate.forget(peer.id);
+        if peer.per_user {
+            self.per_user.release(peer.conn.peer().uid);
+        }
         self.broker.remove_subscriber(SubscriberId(peer.id));
         self.by_id.remove(&peer.id);
         if let Some(r) = &self.registry {
@@ -728,6 +760,7 @@ impl Server {
                         deliveries: false,
                         slow: false,
                         connected: false,
+                        per_user: false,
                     };
                     Self::enqueue(&mut self.work, token, &mut peer);
                     self.peers.insert(token, peer);
