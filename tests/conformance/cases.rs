@@ -1616,6 +1616,30 @@ pub async fn unix_connect_to_stale_socket(env: &Env) {
     echo_ok(&client, "on a reclaimed path").await;
 }
 
+/// A server that stopped accepting, its listen backlog full: the client's
+/// connect is retried until `connect_timeout` (a non-blocking Unix connect
+/// is refused with `EAGAIN` at once) and then fails with a timeout naming
+/// the endpoint, not with "would block" and not never.
+pub async fn unix_connect_to_a_full_backlog_times_out(env: &Env) {
+    let ep = env.endpoint();
+    let Endpoint::Unix(path) = &ep else { unreachable!("a Unix case") };
+    let options = wharf::transport::UnixBindOptions { backlog: 1, ..Default::default() };
+    let (_listener, _guard) =
+        wharf::transport::bind_unix(path, &options).expect("binding a listener that never accepts");
+    let mut held = Vec::new();
+    while let Ok(s) = wharf::transport::connect_unix_within(path, Duration::ZERO) {
+        held.push(s);
+        assert!(held.len() < 64, "the backlog never filled");
+    }
+    let t = std::time::Instant::now();
+    let result = env.client().connect_timeout(Duration::from_millis(300)).connect(&ep).await;
+    let waited = t.elapsed();
+    let e = transport_error(result);
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains(&ep.to_string()), "the error names the endpoint: {e}");
+    assert!(waited >= Duration::from_millis(300), "gave up after {waited:?}, before connect_timeout");
+}
+
 // ---------------------------------------------------------------------------
 // Reconnecting client (S3)
 // ---------------------------------------------------------------------------

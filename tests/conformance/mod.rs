@@ -584,6 +584,7 @@ macro_rules! conformance {
             Unix;
             unix_path_too_long,
             unix_connect_to_stale_socket,
+            unix_connect_to_a_full_backlog_times_out,
             max_connections_per_user_rejects_a_users_extra_clients,
             aborted_client_reported_to_on_disconnect,
             server_abort_ends_every_connection,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wharf_core::{Config, Connection, Text};
-use wharf_transport::{Endpoint, PeerIdentity};
+use wharf_transport::{Endpoint, PeerIdentity, PipeRetry, TransportError};
 
 use crate::api::{Client, Session};
 use crate::backend::{Backend, IntoEndpoint};
@@ -150,8 +150,36 @@ pub(crate) struct ConnectParts {
 
 impl ConnectParts {
     /// Connects to `endpoint` and completes the handshake.
+    ///
+    /// A Unix socket whose listen backlog is full refuses a non-blocking
+    /// connect at once (`EAGAIN`: `WouldBlock`, or `NotConnected` once a
+    /// reactor waited on it): the server is alive but not accepting fast
+    /// enough. That is retried with growing pauses
+    /// (the [`PipeRetry`] schedule) until `connect_timeout`, then reported
+    /// as a timeout naming the endpoint; the same as the blocking client.
     pub(crate) async fn connect(&self, endpoint: &Endpoint) -> Result<Client, Error> {
-        let (stream, peer) = self.backend.network.connect(endpoint, self.connect_timeout).await?;
+        let runtime = &self.backend.runtime;
+        let start = runtime.now();
+        let mut retry = PipeRetry::new(start, self.connect_timeout);
+        let (stream, peer) = loop {
+            let left = self.connect_timeout.saturating_sub(runtime.now().saturating_duration_since(start));
+            match self.backend.network.connect(endpoint, left).await {
+                // tokio reports the EAGAIN itself; async-io waits for
+                // writability and then finds the socket not connected.
+                Err(Error::Transport(e))
+                    if matches!(endpoint, Endpoint::Unix(_))
+                        && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::NotConnected) =>
+                {
+                    let Some(delay) = retry.next_delay(runtime.now()) else {
+                        return Err(TransportError::timed_out(endpoint, self.connect_timeout).into());
+                    };
+                    tracing::trace!(%endpoint, "wharf: listen backlog full; retrying connect");
+                    let mut timer = runtime.timer(runtime.now() + delay);
+                    std::future::poll_fn(|cx| timer.as_mut().poll_fire(cx)).await;
+                }
+                other => break other?,
+            }
+        };
         self.connect_stream(stream, peer).await
     }
 
