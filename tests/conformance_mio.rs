@@ -75,6 +75,10 @@ struct Seen {
     /// `Server::evicted_handshakes` and `connection_count`, after each pass.
     evicted: AtomicUsize,
     held: AtomicUsize,
+    /// Calls to `hang` that reached the server.
+    hanging: AtomicUsize,
+    /// Why each connection closed.
+    closed_why: Mutex<Vec<ConnectionError>>,
 }
 
 struct MioServer {
@@ -184,7 +188,10 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                         server.respond(token, call.id, wharf::mio::encode(&(a + b)).unwrap());
                     }
                     "fail" => server.respond_error(token, call.id, Code::INVALID_REQUEST, "nope"),
-                    "hang" => {}
+                    "hang" => {
+                        seen.hanging.fetch_add(1, Ordering::SeqCst);
+                    }
+                    "blob" => server.respond(token, call.id, Bytes::from(vec![7u8; 1 << 20])),
                     "late" => delayed.push((token, call.id, now + Duration::from_millis(300))),
                     "broadcast" => {
                         // (topic, count): publish `count` numbered messages.
@@ -216,8 +223,9 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                 Event::Connected(_) => {
                     seen.connected.fetch_add(1, Ordering::SeqCst);
                 }
-                Event::Closed(_) => {
+                Event::Closed(e) => {
                     seen.closed.fetch_add(1, Ordering::SeqCst);
+                    seen.closed_why.lock().unwrap().push(e);
                 }
                 _ => {}
             }
@@ -869,6 +877,158 @@ fn registering_a_server_twice_is_refused() {
     let e = server.register(poll.registry(), LISTENER, 20..30).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
     assert!(server.owns(Token(2)) && !server.owns(Token(20)), "the first range stays");
+}
+
+/// A client on the bare core over a blocking Unix socket, for the fault
+/// cases: it does exactly what the case says and vanishes on drop.
+#[cfg(unix)]
+struct RawClient {
+    stream: std::os::unix::net::UnixStream,
+    conn: wharf::core::Connection,
+}
+
+#[cfg(unix)]
+impl RawClient {
+    fn connect(path: &std::path::Path) -> std::io::Result<RawClient> {
+        use std::io::Read;
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        let conn =
+            wharf::core::Connection::client(Arc::new(wharf::core::Config::default()), Bytes::new(), Instant::now())
+                .expect("client");
+        let mut c = RawClient { stream, conn };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            c.flush()?;
+            while let Some(e) = c.conn.poll_event() {
+                match e {
+                    Event::Connected(_) => return Ok(c),
+                    Event::Closed(e) => return Err(std::io::Error::other(format!("handshake failed: {e}"))),
+                    _ => {}
+                }
+            }
+            let n = c.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::Error::other("end of stream in the handshake"));
+            }
+            c.conn.handle_input(&buf[..n], Instant::now());
+        }
+    }
+
+    /// Writes everything queued (blocking).
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        loop {
+            let mut slices = [std::io::IoSlice::new(&[]); 32];
+            let n = self.conn.transmit_slices(Instant::now(), &mut slices);
+            if n == 0 {
+                return Ok(());
+            }
+            let written = self.stream.write_vectored(&slices[..n])?;
+            self.conn.advance_transmit(written, Instant::now());
+        }
+    }
+}
+
+/// S1 on the mio loop: 200 clients vanish (their sockets closed at once,
+/// as the kernel does when a process is killed) at pseudo-random points:
+/// a third mid-handshake, the rest with a subscription and two calls
+/// waiting in the server. The server forgets every one (no connection
+/// held), every waiting call is cancelled, no subscription is left for a
+/// publish to reach, and a new client is served. (A SIGKILL of a separate
+/// process is `tests/faults.rs`, on the async adapters.)
+#[cfg(unix)]
+#[test]
+fn vanished_clients_leave_no_trace_on_the_mio_loop() {
+    bounded("vanished_clients", || {
+        let dir = tmp();
+        let server = mio_server(endpoint(Transport::Unix, &dir), ServerOptions::default(), None);
+        let ep = server.endpoint.clone();
+        let Endpoint::Unix(path) = &ep else { unreachable!() };
+        let seen = server.seen.clone();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut early, mut calls) = (0, 0);
+        for _ in 0..200 {
+            if next() % 3 == 0 {
+                // Mid-handshake: the preamble and part of a HELLO.
+                use std::io::Write;
+                let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+                let _ = s.write_all(&wharf::core::wire::PREAMBLE);
+                let _ = s.write_all(&[0u8; 7]);
+                early += 1;
+                continue;
+            }
+            let mut c = RawClient::connect(path).unwrap();
+            c.conn.subscribe("fault/topic", SubscribeOptions::default()).unwrap();
+            for _ in 0..2 {
+                c.conn.request("hang", Bytes::new(), Default::default(), Instant::now()).unwrap();
+            }
+            c.flush().unwrap();
+            calls += 2;
+            // Let the server see them, then vanish.
+            let want = calls;
+            wait_until("the calls to reach the server", || seen.hanging.load(Ordering::SeqCst) >= want);
+        }
+        wait_until("every vanished client to be forgotten", || seen.held.load(Ordering::SeqCst) == 0);
+        wait_until("every waiting call to be cancelled", || seen.cancelled.load(Ordering::SeqCst) == calls);
+        let mut client = Client::connect(&ep).unwrap();
+        let reached: u32 = client.call("broadcast", &("fault/topic".to_string(), 1u32)).unwrap();
+        assert_eq!(reached, 0, "a subscription of a vanished client is left");
+        assert_eq!(client.call_raw("echo", Bytes::from_static(b"after")).unwrap(), &b"after"[..]);
+        eprintln!("S1 mio loop: 200 clients vanished ({early} mid-handshake), {calls} waiting calls cancelled");
+    });
+}
+
+/// S9 on the mio loop: a client calls `blob` (1 MiB answers) up to the
+/// server's in-flight limit and then only writes, never reading. The
+/// server's queue for it stays bounded, and it is disconnected with
+/// `PeerNotReading` after `write_stall_timeout`; other clients are served.
+#[cfg(unix)]
+#[test]
+fn a_peer_that_never_reads_is_disconnected_by_the_mio_loop() {
+    bounded("never_reads", || {
+        let dir = tmp();
+        let options = ServerOptions {
+            config: wharf::core::Config {
+                max_in_flight: 8,
+                max_outbound_buffered: 256 * 1024,
+                write_stall_timeout: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let server = mio_server(endpoint(Transport::Unix, &dir), options, None);
+        let ep = server.endpoint.clone();
+        let Endpoint::Unix(path) = &ep else { unreachable!() };
+        let seen = server.seen.clone();
+        let mut c = RawClient::connect(path).unwrap();
+        c.stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        while c.conn.request("blob", Bytes::new(), Default::default(), Instant::now()).is_ok() {}
+        let t0 = Instant::now();
+        let payload = Bytes::from(vec![0u8; 1 << 20]);
+        let wrote = loop {
+            match c.conn.notify("sink", payload.clone(), Default::default()) {
+                Ok(()) | Err(wharf::core::SendError::Blocked { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            if c.flush().is_err() {
+                break c.conn.stats().bytes_sent;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "the server never hung up");
+        };
+        wait_until("the never-reading peer to be closed", || !seen.closed_why.lock().unwrap().is_empty());
+        let why = seen.closed_why.lock().unwrap()[0].clone();
+        assert!(matches!(why, ConnectionError::PeerNotReading { .. }), "closed for {why:?}");
+        assert!(t0.elapsed() >= Duration::from_secs(1), "closed before write_stall_timeout");
+        let mut other = Client::connect(&ep).unwrap();
+        assert_eq!(other.call_raw("echo", Bytes::from_static(b"x")).unwrap(), &b"x"[..]);
+        eprintln!("S9 mio loop: the peer wrote {wrote} bytes, then was closed: {why}");
+    });
 }
 
 /// Bound on one whole case, so a hang fails the test instead of the run.
