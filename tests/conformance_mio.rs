@@ -807,9 +807,14 @@ fn case_handshake_flood_capped(t: Transport) {
     let ep = server.endpoint.clone();
     let mut socks = Vec::new();
     for _ in 0..FLOOD {
-        match stalled_connection(&ep) {
-            Some(s) => socks.push(s),
-            None => std::thread::sleep(Duration::from_millis(1)), // backlog or instances busy
+        // A full backlog, or (pipes) the next instance not created yet:
+        // try again for a while.
+        for _ in 0..500 {
+            if let Some(s) = stalled_connection(&ep) {
+                socks.push(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     let n = socks.len();
