@@ -1620,6 +1620,7 @@ pub async fn unix_connect_to_stale_socket(env: &Env) {
 /// connect is retried until `connect_timeout` (a non-blocking Unix connect
 /// is refused with `EAGAIN` at once) and then fails with a timeout naming
 /// the endpoint, not with "would block" and not never.
+#[cfg(unix)]
 pub async fn unix_connect_to_a_full_backlog_times_out(env: &Env) {
     let ep = env.endpoint();
     let Endpoint::Unix(path) = &ep else { unreachable!("a Unix case") };
