@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use wharf::{BrokerConfig, SlowConsumerPolicy, SubscribeOptions, SubscriptionEvent};
 
 use crate::Result;
@@ -51,12 +51,6 @@ const QUEUE: usize = 1 << 16;
 const HIGH_WATER: u64 = (QUEUE / 2) as u64;
 /// Messages the wharf publisher publishes between two looks at the broker.
 const PUBLISH_BATCH: usize = 256;
-
-/// A payload as the subscribers decode it: 64 bytes, in postcard (which
-/// writes arrays and tuples without length prefixes) exactly the raw bytes
-/// the server publishes. wharf has no raw-bytes subscription, and serde
-/// implements arrays only up to 32 elements.
-type Payload = ([u8; 32], [u8; 32]);
 
 /// Per-subscriber counters, written by the subscriber and read by the
 /// measuring thread.
@@ -271,6 +265,9 @@ pub fn pub_server(p: &Params) -> Result<()> {
             ]
         })?;
         let mut payload = [0x5Au8; MSG];
+        // Payloads are cut from one buffer, as an application publishing
+        // many small messages would do: no allocation per message.
+        let mut block = BytesMut::new();
         let mut seq = 0u64;
         loop {
             let s = server.broker_stats();
@@ -282,7 +279,11 @@ pub fn pub_server(p: &Params) -> Result<()> {
             for _ in 0..PUBLISH_BATCH {
                 seq += 1;
                 payload[..8].copy_from_slice(&seq.to_le_bytes());
-                queued += server.publish_raw(TOPIC, Bytes::copy_from_slice(&payload)).queued;
+                if block.capacity() < MSG {
+                    block.reserve(MSG * PUBLISH_BATCH);
+                }
+                block.extend_from_slice(&payload);
+                queued += server.publish_raw(TOPIC, block.split().freeze()).queued;
             }
             if queued == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -308,14 +309,17 @@ pub fn sub_client(p: &Params) -> Result<Vec<Metric>> {
         for i in 0..subs {
             let client = wharf::tokio::client().subscription_buffer(QUEUE).connect(&socket).await?;
             let opts = SubscribeOptions { prefix: false, policy: SlowConsumerPolicy::DropOldest };
-            let mut sub = client.subscribe_with::<Payload>(TOPIC, opts).await?;
+            let mut sub = client.subscribe_raw(TOPIC, opts).await?;
             let counters = counters.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut count, mut seq) = (0u64, SeqCheck::default());
                 while let Some(ev) = sub.next().await {
                     match ev? {
                         SubscriptionEvent::Message { value, .. } => {
-                            let gap = seq.gap(seq_of(&value.0));
+                            if value.len() != MSG {
+                                return Err(format!("a message of {} bytes, not {MSG}", value.len()).into());
+                            }
+                            let gap = seq.gap(seq_of(&value));
                             if gap > 0 {
                                 counters.gaps.fetch_add(gap, Ordering::Relaxed);
                             }

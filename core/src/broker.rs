@@ -409,18 +409,33 @@ impl Broker {
     /// Fans a message out to every matching subscription. Never blocks and
     /// never waits for a subscriber; the payload is shared, not copied.
     pub fn publish(&mut self, topic: &Text, payload: &Bytes) -> PublishReport {
+        self.publish_inner(topic, Some(topic), payload)
+    }
+
+    /// [`publish`](Self::publish) for a topic the caller holds as a plain
+    /// string (a server application publishing): the queued messages share
+    /// the broker's own copy of the topic (an exact subscription's), so a
+    /// publish allocates nothing for it. Only a topic matched by prefix
+    /// subscriptions alone is copied, once per publish.
+    pub fn publish_str(&mut self, topic: &str, payload: &Bytes) -> PublishReport {
+        self.publish_inner(topic, None, payload)
+    }
+
+    fn publish_inner(&mut self, topic: &str, owned: Option<&Text>, payload: &Bytes) -> PublishReport {
         self.stats.published += 1;
         let mut report = PublishReport::default();
         let Broker { config, subscribers, exact, prefixes, prefix_lens, events, stats } = self;
-        let mut deliver = |routes: &[(SubscriberId, u64)]| {
+        let mut shared: Option<Text> = owned.cloned();
+        let mut deliver = |routes: &[(SubscriberId, u64)], topic: &Text| {
             for &(sid, sub) in routes {
                 if let Some(s) = subscribers.get_mut(&sid) {
                     enqueue(config, stats, events, &mut report, sid, s, sub, topic, payload);
                 }
             }
         };
-        if let Some(r) = exact.get(topic.as_str()) {
-            deliver(r);
+        if let Some((key, r)) = exact.get_key_value(topic) {
+            let t = shared.get_or_insert_with(|| key.clone());
+            deliver(r, t);
         }
         for &len in prefix_lens.keys() {
             if len > topic.len() {
@@ -430,7 +445,8 @@ impl Broker {
                 continue;
             }
             if let Some(r) = prefixes.get(&topic[..len]) {
-                deliver(r);
+                let t = shared.get_or_insert_with(|| Text::from(topic.to_owned()));
+                deliver(r, t);
             }
         }
         report

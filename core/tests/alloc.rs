@@ -425,7 +425,10 @@ fn notify() -> (Tally, Tally) {
 /// Client side: the publisher and every subscriber client; server side:
 /// the publisher's server connection, the broker and the subscribers'
 /// server connections.
-fn publish(subscribers: usize) -> (Tally, Tally) {
+/// A client publishes (PUBLISH through its connection), or with `by_name`
+/// the server application publishes by topic name (`Broker::publish_str`),
+/// to `subscribers` subscriptions of the topic.
+fn publish(subscribers: usize, by_name: bool) -> (Tally, Tally) {
     let mut wire = Vec::with_capacity(WIRE);
     let now = Instant::now();
     let (mut publisher, mut pub_server) = pair(Config::default(), now, &mut wire);
@@ -451,11 +454,22 @@ fn publish(subscribers: usize) -> (Tally, Tally) {
     let (mut c, mut s) = (Tally::default(), Tally::default());
     for i in 0..WARMUP + MESSAGES {
         let (mut ct, mut st) = (Tally::default(), Tally::default());
-        ct.run(|| {
-            publisher.publish("sensors/temp", body.clone(), false).expect("publish");
-            write_out(&mut publisher, &mut wire, now);
-        });
+        if by_name {
+            st.run(|| {
+                let report = broker.publish_str("sensors/temp", &body);
+                assert_eq!(report.queued as usize, subscribers);
+                while broker.poll_event().is_some() {}
+            });
+        } else {
+            ct.run(|| {
+                publisher.publish("sensors/temp", body.clone(), false).expect("publish");
+                write_out(&mut publisher, &mut wire, now);
+            });
+        }
         st.run(|| {
+            if by_name {
+                return;
+            }
             read_in(&mut pub_server, &mut wire, now);
             let Some(Event::Publish { ack: None, topic, payload }) = pub_server.poll_event() else {
                 panic!("expected a publish")
@@ -742,8 +756,10 @@ fn steady_state_allocations_per_message() {
     // entries; keys and values stay zero-copy slices of the frame).
     push("request+response, 64 B + 1 metadata entry", 1, rpc_metadata());
     push("notification, 64 B", 0, notify());
-    push("publish 64 B -> 1 subscriber", 0, publish(1));
-    push("publish 64 B -> 4 subscribers", 0, publish(4));
+    push("publish 64 B -> 1 subscriber", 0, publish(1, false));
+    push("publish 64 B -> 4 subscribers", 0, publish(4, false));
+    push("server publishes 64 B by topic name -> 1 subscriber", 0, publish(1, true));
+    push("server publishes 64 B by topic name -> 4 subscribers", 0, publish(4, true));
     push("stream DATA 1 KiB + CREDIT", 0, stream(1024));
     push("stream DATA 4 KiB + CREDIT", 0, stream(4096));
     push("keepalive PING/PONG", 0, keepalive());

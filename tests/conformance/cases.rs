@@ -681,6 +681,86 @@ pub async fn client_side_disconnect_policy_ends_the_subscription(env: &Env) {
     assert_eq!(server.publish("t", &99u32).unwrap().queued, 1);
 }
 
+/// Raw subscriptions yield the published bytes unchanged, in order,
+/// whatever their size (empty, small ones the sender batches or copies,
+/// large ones sent on their own), from the server and from a client, on
+/// exact and prefix subscriptions; typed values around the encoder's
+/// small-value size decode intact; a raw subscriber that falls behind is
+/// told of its loss like a typed one.
+pub async fn raw_subscriptions_yield_the_published_bytes(env: &Env) {
+    const MANY: u32 = 2_000;
+    // Room for every message in the broker and the reader's buffers: the
+    // reader has two subscriptions matching them all.
+    let broker = BrokerConfig { queue_messages: 8 * MANY as usize, ..BrokerConfig::default() };
+    let (server, ep) = env.bind(|| env.server().broker_config(broker.clone())).await;
+    let reader = env.client().subscription_buffer(4 * MANY as usize).connect(&ep).await.unwrap();
+    let publisher = env.connect(&ep).await;
+    let exact = wharf::SubscribeOptions::default();
+    let mut raw = reader.subscribe_raw("bytes", exact).await.unwrap();
+    let prefix = wharf::SubscribeOptions { prefix: true, ..Default::default() };
+    let mut raw_prefix = reader.subscribe_raw("by", prefix).await.unwrap();
+    let mut typed = reader.subscribe::<String>("text").await.unwrap();
+
+    let sizes = [0usize, 1, 63, 64, 1023, 1024, 1025, 4096, 70_000];
+    let payloads: Vec<Bytes> =
+        sizes.iter().map(|&n| Bytes::from((0..n).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>())).collect();
+    for p in &payloads {
+        assert_eq!(server.publish_raw("bytes", p.clone()).queued, 2);
+    }
+    assert_eq!(publisher.publish_raw("bytes", payloads[3].clone()).await.unwrap(), 2);
+    let expected: Vec<&Bytes> = payloads.iter().chain([&payloads[3]]).collect();
+    for sub in [&mut raw, &mut raw_prefix] {
+        for (i, want) in expected.iter().enumerate() {
+            match env.within(WAIT, "a raw message", sub.next()).await {
+                Some(Ok(SubscriptionEvent::Message { topic, value })) => {
+                    assert_eq!(topic, "bytes");
+                    assert_eq!(&value, *want, "message {i} ({} bytes) changed on the way", want.len());
+                }
+                other => panic!("expected raw message {i}, got {other:?}"),
+            }
+        }
+    }
+
+    // Many small messages in a row: all of them, in order.
+    for i in 0..MANY {
+        server.publish_raw("bytes", Bytes::copy_from_slice(&i.to_le_bytes()));
+    }
+    for i in 0..MANY {
+        match env.within(WAIT, "a raw message", raw.next()).await {
+            Some(Ok(SubscriptionEvent::Message { value, .. })) => assert_eq!(&value[..], &i.to_le_bytes()[..]),
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+
+    // Typed values on both sides of the encoder's small-value size.
+    for n in [0usize, 1000, 1021, 1022, 1023, 1024, 5000] {
+        let text = "x".repeat(n);
+        assert_eq!(server.publish("text", &text).unwrap().queued, 1);
+        assert_eq!(next_message(env, &mut typed).await.1, text, "a {n}-byte string");
+    }
+
+    // A raw subscriber that does not read loses the oldest and is told.
+    let slow = env.client().subscription_buffer(4).connect(&ep).await.unwrap();
+    let mut slow_raw = slow.subscribe_raw("bytes", exact).await.unwrap();
+    for i in 0..20u32 {
+        server.publish_raw("bytes", Bytes::copy_from_slice(&i.to_le_bytes()));
+    }
+    slow.ping().await.unwrap();
+    let (mut lost, mut last) = (0u64, None);
+    while last != Some(19u32) {
+        match env.within(WAIT, "the slow raw subscription", slow_raw.next()).await {
+            Some(Ok(SubscriptionEvent::Lagged(n))) => lost += n,
+            Some(Ok(SubscriptionEvent::Message { value, .. })) => {
+                let i = u32::from_le_bytes(value[..].try_into().unwrap());
+                assert!(last.is_none_or(|l| i > l), "out of order: {i} after {last:?}");
+                last = Some(i);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(lost > 0, "a raw subscription with a buffer of 4 lost nothing of 20");
+}
+
 /// A server handler publishes through the server's broker with
 /// `Context::publish`; a client handler (peer mode) cannot.
 pub async fn handler_publishes_through_the_broker(env: &Env) {

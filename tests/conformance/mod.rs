@@ -532,6 +532,7 @@ macro_rules! conformance {
                 server_calls_client,
                 // pub/sub
                 pubsub_exact_and_prefix_fan_out,
+                raw_subscriptions_yield_the_published_bytes,
                 slow_subscriber_told_of_lag_others_keep_up,
                 unsubscribe_on_drop,
                 client_side_disconnect_policy_ends_the_subscription,

@@ -1,5 +1,6 @@
 //! [`Session`]: what an application does with one live connection.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -261,8 +262,14 @@ impl Session {
                 Ok(id)
             })
             .await?;
-        let sub =
-            Subscription { inner: self.inner.clone(), id, codec: self.inner.codec, ended: false, _t: PhantomData };
+        let sub = Subscription {
+            inner: self.inner.clone(),
+            id,
+            codec: self.inner.codec,
+            ended: false,
+            taken: VecDeque::new(),
+            _t: PhantomData,
+        };
         std::future::poll_fn(|cx| {
             let mut st = self.inner.lock();
             match st.subs.get_mut(&id.0) {
@@ -278,6 +285,13 @@ impl Session {
         })
         .await?;
         Ok(sub)
+    }
+
+    /// Subscribes and yields each message's payload as it arrived, without
+    /// decoding it: the fastest way to read a subscription, for payloads
+    /// that are not serde values (or that the application decodes itself).
+    pub async fn subscribe_raw(&self, topic: &str, options: SubscribeOptions) -> Result<RawSubscription, Error> {
+        self.subscribe_with::<()>(topic, options).await.map(RawSubscription)
     }
 
     /// Publishes a typed message through the server's broker and waits for
@@ -440,6 +454,9 @@ pub struct Subscription<T> {
     id: SubscriptionId,
     codec: Codec,
     ended: bool,
+    /// Items taken from the session's queue in one go, not yet yielded:
+    /// one lock per batch instead of one per message.
+    taken: VecDeque<SubItem>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -458,7 +475,15 @@ impl<T> Subscription<T> {
 
 impl<T> Subscription<T> {
     /// The next undecoded item, or the end of the subscription.
+    ///
+    /// Everything the session has queued for the subscription is taken at
+    /// once (the two queues swap, so neither allocates) and then yielded
+    /// without locking; the session's buffer limit applies to what it holds,
+    /// so a reader that keeps up holds at most twice that in all.
     pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<SubItem, Error>>> {
+        if let Some(item) = self.taken.pop_front() {
+            return Poll::Ready(Some(Ok(item)));
+        }
         if self.ended {
             return Poll::Ready(None);
         }
@@ -467,7 +492,8 @@ impl<T> Subscription<T> {
             self.ended = true;
             return Poll::Ready(None);
         };
-        match s.queue.pop_front() {
+        std::mem::swap(&mut s.queue, &mut self.taken);
+        match self.taken.pop_front() {
             Some(item) => Poll::Ready(Some(Ok(item))),
             None => match s.ended.clone() {
                 Some(e) => {
@@ -507,6 +533,41 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
                 this.codec.decode(&payload).map(|value| SubscriptionEvent::Message { topic, value })
             }
         }))
+    }
+}
+
+/// Messages for one subscription as the bytes that were published, as a
+/// [`Stream`] ([`Client::subscribe_raw`]). Otherwise like [`Subscription`]:
+/// dropping it unsubscribes; the end of the connection yields its error,
+/// then `None`. The payloads share the connection's receive buffer (no
+/// copy); holding many of them for long keeps that buffer alive.
+#[derive(Debug)]
+pub struct RawSubscription(Subscription<()>);
+
+impl RawSubscription {
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.0.id
+    }
+
+    /// The next event, or `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Option<Result<SubscriptionEvent<Bytes>, Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for RawSubscription {
+    type Item = Result<SubscriptionEvent<Bytes>, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().0.poll_raw(cx).map(|item| {
+            item.map(|r| {
+                r.map(|item| match item {
+                    SubItem::Lagged(n) => SubscriptionEvent::Lagged(n),
+                    SubItem::Message(topic, payload) => SubscriptionEvent::Message { topic, value: payload },
+                })
+            })
+        })
     }
 }
 

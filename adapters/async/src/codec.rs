@@ -24,14 +24,48 @@ pub enum Codec {
     Json,
 }
 
+/// Values that encode to at most this many bytes are cut from a per-thread
+/// block instead of getting an allocation of their own.
+const SMALL_VALUE: usize = 1024;
+/// Size of those blocks: one allocation per block, a few hundred small
+/// messages each. A payload kept alive keeps its whole block alive, so
+/// blocks stay small.
+const VALUE_BLOCK: usize = 16 * 1024;
+
+thread_local! {
+    /// The rest of the current block (initialised memory, so that postcard
+    /// can write into it without `unsafe`).
+    static BLOCK: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// postcard-encodes `value`: a small value is written into the thread's
+/// current block and split off it (no allocation per value, and cloning the
+/// result allocates nothing either); a larger one (or one encoded while
+/// another is, from inside a `Serialize` impl) gets its own buffer.
+fn encode_small<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Bytes> {
+    let small = BLOCK.with(|b| {
+        let Ok(mut block) = b.try_borrow_mut() else { return None };
+        if block.len() < SMALL_VALUE {
+            *block = bytes::BytesMut::zeroed(VALUE_BLOCK);
+        }
+        match postcard::to_slice(value, &mut block[..SMALL_VALUE]) {
+            Ok(used) => {
+                let n = used.len();
+                Some(Ok(block.split_to(n).freeze()))
+            }
+            Err(postcard::Error::SerializeBufferFull) => None,
+            Err(e) => Some(Err(e)),
+        }
+    });
+    small.unwrap_or_else(|| postcard::to_allocvec(value).map(Bytes::from))
+}
+
 impl Codec {
     /// Encodes a value.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, Error> {
         let what = std::any::type_name::<T>();
         match self {
-            Codec::Postcard => postcard::to_allocvec(value)
-                .map(Bytes::from)
-                .map_err(|e| Error::Encode { what, message: e.to_string() }),
+            Codec::Postcard => encode_small(value).map_err(|e| Error::Encode { what, message: e.to_string() }),
             #[cfg(feature = "json")]
             Codec::Json => {
                 serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::Encode { what, message: e.to_string() })

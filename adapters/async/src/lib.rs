@@ -31,7 +31,7 @@ mod server;
 mod session;
 mod stream;
 
-pub use api::{Client, Session, Subscription, SubscriptionEvent};
+pub use api::{Client, RawSubscription, Session, Subscription, SubscriptionEvent};
 pub use backend::{Backend, BindOptions, ConnectFuture, ConnectedStream, IntoEndpoint, Network};
 pub use client::ClientBuilder;
 pub use codec::{CONTENT_TYPE, Codec};

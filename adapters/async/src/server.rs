@@ -196,7 +196,7 @@ impl ServerLink {
     }
 
     pub(crate) fn publish(&self, st: &mut State, ack: Option<PublishId>, topic: Text, payload: Bytes) {
-        let report = self.shared.publish(&topic, &payload);
+        let report = self.shared.publish(|b| b.publish(&topic, &payload));
         if let Some(id) = ack {
             let _ = st.conn.ack_publish(id, Ok(report.queued));
         }
@@ -204,7 +204,7 @@ impl ServerLink {
 
     /// Publishes from a handler (no connection state is locked here).
     pub(crate) fn publish_local(&self, topic: &str, payload: Bytes) -> PublishReport {
-        self.shared.publish(&Text::from(topic.to_string()), &payload)
+        self.shared.publish(|b| b.publish_str(topic, &payload))
     }
 
     /// Moves deliveries from the broker into the connection while it has
@@ -271,11 +271,12 @@ impl ServerShared {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Publishes and wakes the sessions the broker has work for.
-    fn publish(&self, topic: &Text, payload: &Bytes) -> PublishReport {
+    /// Publishes (`publish` is one of the broker's publish calls) and wakes
+    /// the sessions the broker has work for.
+    fn publish(&self, publish: impl FnOnce(&mut Broker) -> PublishReport) -> PublishReport {
         let (report, events) = {
             let mut b = self.broker();
-            let report = b.publish(topic, payload);
+            let report = publish(&mut b);
             let mut events = Vec::new();
             while let Some(e) = b.poll_event() {
                 events.push(e);
@@ -399,7 +400,7 @@ impl Server {
     /// a subscriber: slow ones lose old messages or are disconnected,
     /// following their subscription's policy.
     pub fn publish_raw(&self, topic: &str, payload: Bytes) -> PublishReport {
-        self.shared.publish(&Text::from(topic.to_string()), &payload)
+        self.shared.publish(|b| b.publish_str(topic, &payload))
     }
 
     /// The broker's counters.
