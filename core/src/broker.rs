@@ -208,13 +208,24 @@ pub struct BrokerStats {
 #[derive(Debug)]
 struct Queued {
     subscription: u64,
-    topic: Text,
+    /// The published topic, when it is not the subscription's own (a
+    /// prefix subscription's message); `None` for an exact subscription,
+    /// whose topic is in its [`SubInfo`] (one reference count less to take
+    /// and drop per message).
+    topic: Option<Text>,
     payload: Bytes,
+    /// Payload and topic bytes, as counted against `queue_bytes`.
+    size: usize,
 }
 
 impl Queued {
     fn size(&self) -> usize {
-        self.payload.len() + self.topic.len()
+        self.size
+    }
+
+    /// The message's topic: its own, or its subscription's.
+    fn topic<'a>(&'a self, subs: &'a IdMap<SubInfo>) -> Option<&'a Text> {
+        self.topic.as_ref().or_else(|| subs.get(&self.subscription).map(|i| &i.topic))
     }
 }
 
@@ -459,20 +470,19 @@ impl Broker {
         if let Some((sub, dropped)) = s.lag.pop_front() {
             return Some(Delivery::Lagged { subscription: SubscriptionId(sub), dropped });
         }
-        match s.queue.pop_front() {
-            Some(q) => {
-                s.queued_bytes -= q.size();
-                self.stats.delivered += 1;
-                Some(Delivery::Message {
-                    subscription: SubscriptionId(q.subscription),
-                    topic: q.topic,
-                    payload: q.payload,
-                })
-            }
-            None => {
+        loop {
+            let Some(q) = s.queue.pop_front() else {
                 s.announced = false;
-                None
-            }
+                return None;
+            };
+            s.queued_bytes -= q.size();
+            let Some(topic) = q.topic(&s.subs).cloned() else {
+                // Unreachable: a subscription's messages leave with it.
+                self.stats.discarded += 1;
+                continue;
+            };
+            self.stats.delivered += 1;
+            return Some(Delivery::Message { subscription: SubscriptionId(q.subscription), topic, payload: q.payload });
         }
     }
 
@@ -492,7 +502,8 @@ impl Broker {
                 if !s.subs.contains_key(&subscription.0) {
                     return;
                 }
-                let q = Queued { subscription: subscription.0, topic, payload };
+                let size = payload.len() + topic.len();
+                let q = Queued { subscription: subscription.0, topic: Some(topic), payload, size };
                 s.queued_bytes += q.size();
                 s.queue.push_front(q);
             }
@@ -553,27 +564,46 @@ impl Broker {
     /// take them (closing, closed) are discarded and counted.
     pub fn deliver_into(&mut self, subscriber: SubscriberId, conn: &mut Connection, limit: usize) -> Pumped {
         let mut pumped = Pumped::default();
+        let Some(s) = self.subscribers.get_mut(&subscriber) else {
+            pumped.drained = true;
+            return pumped;
+        };
         while conn.transmit_len() < limit {
-            let Some(d) = self.next_delivery(subscriber) else {
+            // Lag reports first, then messages in order; each leaves the
+            // queue only once the connection took it (or can never take it).
+            let (r, message) = if let Some(&(sub, dropped)) = s.lag.front() {
+                (conn.deliver_lagged(SubscriptionId(sub), dropped), false)
+            } else if let Some(q) = s.queue.front() {
+                match q.topic(&s.subs) {
+                    Some(topic) => (conn.deliver_ref(SubscriptionId(q.subscription), topic, &q.payload), true),
+                    // Unreachable: a subscription's messages leave with it.
+                    None => (Err(SendError::UnknownCall { id: q.subscription }), true),
+                }
+            } else {
+                s.announced = false;
                 pumped.drained = true;
                 break;
             };
-            let r = match &d {
-                Delivery::Message { subscription, topic, payload } => {
-                    conn.deliver(*subscription, topic, payload.clone())
+            if matches!(r, Err(SendError::Blocked { .. })) {
+                break;
+            }
+            if message {
+                if let Some(q) = s.queue.pop_front() {
+                    s.queued_bytes -= q.size();
                 }
-                Delivery::Lagged { subscription, dropped } => conn.deliver_lagged(*subscription, *dropped),
-            };
+            } else {
+                s.lag.pop_front();
+            }
             match r {
-                Ok(()) => pumped.moved += 1,
-                Err(SendError::Blocked { .. }) => {
-                    self.return_delivery(subscriber, d);
-                    break;
+                Ok(()) => {
+                    pumped.moved += 1;
+                    if message {
+                        self.stats.delivered += 1;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "wharf: delivery dropped");
-                    if matches!(d, Delivery::Message { .. }) {
-                        self.stats.delivered -= 1;
+                    if message {
                         self.stats.discarded += 1;
                     }
                 }
@@ -608,7 +638,7 @@ fn enqueue(
     if s.disconnected {
         return;
     }
-    let Some(policy) = s.subs.get(&sub).map(|i| i.policy) else { return };
+    let Some((policy, prefix)) = s.subs.get(&sub).map(|i| (i.policy, i.prefix)) else { return };
     let size = payload.len() + topic.len();
     while !s.queue.is_empty() && (s.queue.len() >= config.queue_messages || s.queued_bytes + size > config.queue_bytes)
     {
@@ -637,7 +667,8 @@ fn enqueue(
         }
     }
     s.queued_bytes += size;
-    s.queue.push_back(Queued { subscription: sub, topic: topic.clone(), payload: payload.clone() });
+    let topic = prefix.then(|| topic.clone());
+    s.queue.push_back(Queued { subscription: sub, topic, payload: payload.clone(), size });
     stats.queued += 1;
     report.queued += 1;
     if !s.announced {

@@ -43,4 +43,4 @@ pub use event::{
 };
 pub use stats::Stats;
 pub use text::Text;
-pub use wire::{CallKind, Code, Metadata, SlowConsumerPolicy, TraceId};
+pub use wire::{CallKind, Code, MessageBatch, Metadata, SlowConsumerPolicy, TraceId};

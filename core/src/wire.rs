@@ -68,6 +68,8 @@ pub enum FrameType {
     Publish = 0x32,
     /// Server delivers a published message to a subscription.
     Message = 0x33,
+    /// Server delivers several messages of one topic to a subscription.
+    Messages = 0x36,
     /// Server reports messages dropped for a slow subscription.
     Lagged = 0x34,
     /// Server acknowledges a subscribe, unsubscribe or publish.
@@ -102,6 +104,7 @@ impl FrameType {
             0x33 => Message,
             0x34 => Lagged,
             0x35 => Ack,
+            0x36 => Messages,
             0x40 => Ping,
             0x41 => Pong,
             0x50 => Goodbye,
@@ -134,6 +137,7 @@ impl FrameType {
             Cancel | End | Ping | Pong => (0, 0),
             Credit => (4, 4),
             Unsubscribe | Lagged | Ack => (8, 8),
+            Messages => (6, u32::MAX),
         }
     }
 
@@ -166,6 +170,7 @@ impl FrameType {
             Unsubscribe => "UNSUBSCRIBE",
             Publish => "PUBLISH",
             Message => "MESSAGE",
+            Messages => "MESSAGES",
             Lagged => "LAGGED",
             Ack => "ACK",
             Ping => "PING",
@@ -598,6 +603,86 @@ pub struct Goodbye {
     pub message: Text,
 }
 
+/// The messages of a MESSAGES frame: one or more items, each a `u32`
+/// length followed by that many bytes, filling the rest of the body exactly
+/// (PROTOCOL.md 6.14a). Built only from a byte string that has this shape,
+/// so iterating it cannot fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageBatch {
+    items: Bytes,
+    count: u32,
+}
+
+impl MessageBatch {
+    /// Checks that `items` is a well-formed sequence of at least one item.
+    pub fn new(items: Bytes) -> Result<MessageBatch, ProtocolError> {
+        let malformed = |reason| ProtocolError::Malformed { frame: FrameType::Messages, reason };
+        let (mut at, mut count) = (0usize, 0u32);
+        while at < items.len() {
+            let Some(head) = items.get(at..at + 4) else {
+                return Err(malformed("a message length runs past the end of the frame"));
+            };
+            let len = u32::from_le_bytes(head.try_into().expect("four bytes")) as usize;
+            at += 4;
+            if len > items.len() - at {
+                return Err(malformed("a message runs past the end of the frame"));
+            }
+            at += len;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(malformed("no message"));
+        }
+        Ok(MessageBatch { items, count })
+    }
+
+    /// A batch of these payloads, copied into one buffer; `None` if there
+    /// is none, or one is longer than a `u32` length allows.
+    pub fn from_payloads<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Option<MessageBatch> {
+        let mut out = BytesMut::new();
+        let mut count = 0u32;
+        for p in payloads {
+            out.put_u32_le(u32::try_from(p.len()).ok()?);
+            out.put_slice(p);
+            count += 1;
+        }
+        (count > 0).then(|| MessageBatch { items: out.freeze(), count })
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Always false: a batch holds at least one message.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded items, as they are on the wire.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.items
+    }
+
+    /// Takes the first message off the batch (a slice of it, no copy);
+    /// `None` once every message was taken.
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        if self.count == 0 {
+            return None;
+        }
+        let len = u32::from_le_bytes(self.items[..4].try_into().expect("validated")) as usize;
+        self.items.advance(4);
+        self.count -= 1;
+        Some(self.items.split_to(len))
+    }
+
+    /// The messages, in order (slices of the batch, no copy).
+    pub fn iter(&self) -> impl Iterator<Item = Bytes> + '_ {
+        let mut rest = self.clone();
+        std::iter::from_fn(move || rest.pop_front())
+    }
+}
+
 /// One decoded frame. Payloads are slices of the received buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)] // field meanings are documented on the frame types and in PROTOCOL.md
@@ -617,6 +702,7 @@ pub enum Frame {
     Unsubscribe { id: u64, subscription: u64 },
     Publish { id: u64, topic: Text, payload: Bytes },
     Message { subscription: u64, topic: Text, payload: Bytes },
+    Messages { subscription: u64, topic: Text, batch: MessageBatch },
     Lagged { subscription: u64, dropped: u64 },
     Ack { id: u64, status: Code, value: u32 },
     Ping { id: u64 },
@@ -667,6 +753,7 @@ impl Frame {
             Frame::Unsubscribe { .. } => FrameType::Unsubscribe,
             Frame::Publish { .. } => FrameType::Publish,
             Frame::Message { .. } => FrameType::Message,
+            Frame::Messages { .. } => FrameType::Messages,
             Frame::Lagged { .. } => FrameType::Lagged,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Ping { .. } => FrameType::Ping,
@@ -723,7 +810,9 @@ impl Frame {
                 (*id, f)
             }
             Frame::Publish { id, .. } => (*id, if *id != 0 { flags::WANT_ACK } else { 0 }),
-            Frame::Message { subscription, .. } | Frame::Lagged { subscription, .. } => (*subscription, 0),
+            Frame::Message { subscription, .. }
+            | Frame::Messages { subscription, .. }
+            | Frame::Lagged { subscription, .. } => (*subscription, 0),
         }
     }
 
@@ -737,6 +826,7 @@ impl Frame {
             | Frame::Data { payload, .. }
             | Frame::Publish { payload, .. }
             | Frame::Message { payload, .. } => Some(payload),
+            Frame::Messages { batch, .. } => Some(&batch.items),
             Frame::Error(e) => Some(&e.data),
             Frame::Notify(n) => Some(&n.payload),
             _ => None,
@@ -818,7 +908,10 @@ impl Frame {
                 self.check_str("message", &g.message)?;
                 10 + g.message.len()
             }
-            Frame::Subscribe { topic, .. } | Frame::Publish { topic, .. } | Frame::Message { topic, .. } => {
+            Frame::Subscribe { topic, .. }
+            | Frame::Publish { topic, .. }
+            | Frame::Message { topic, .. }
+            | Frame::Messages { topic, .. } => {
                 self.check_str("topic", topic)?;
                 2 + topic.len()
             }
@@ -898,9 +991,10 @@ impl Frame {
                 out.put_u32_le(g.reconnect_after_ms);
                 put_str(out, &g.message);
             }
-            Frame::Subscribe { topic, .. } | Frame::Publish { topic, .. } | Frame::Message { topic, .. } => {
-                put_str(out, topic)
-            }
+            Frame::Subscribe { topic, .. }
+            | Frame::Publish { topic, .. }
+            | Frame::Message { topic, .. }
+            | Frame::Messages { topic, .. } => put_str(out, topic),
             Frame::Credit { increment, .. } => out.put_u32_le(*increment),
             Frame::Unsubscribe { subscription, .. } => out.put_u64_le(*subscription),
             Frame::Lagged { dropped, .. } => out.put_u64_le(*dropped),
@@ -1065,6 +1159,10 @@ impl Frame {
             FrameType::Message => {
                 let topic = r.str16("topic")?;
                 Frame::Message { subscription: id, topic, payload: r.rest() }
+            }
+            FrameType::Messages => {
+                let topic = r.str16("topic")?;
+                Frame::Messages { subscription: id, topic, batch: MessageBatch::new(r.rest())? }
             }
             FrameType::Lagged => Frame::Lagged { subscription: id, dropped: r.u64()? },
             FrameType::Ack => Frame::Ack { id, status: Code(r.u32()?), value: r.u32()? },

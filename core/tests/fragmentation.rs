@@ -370,6 +370,7 @@ fn recorded_session_covers_every_feature_and_replays_faithfully() {
         FrameType::Data,
         FrameType::Ack,
         FrameType::Message,
+        FrameType::Messages,
         FrameType::Lagged,
         FrameType::Goodbye,
     ] {

@@ -151,7 +151,7 @@ fn ty(t: FrameType) -> u8 {
 }
 
 /// Every frame type of PROTOCOL.md 5.1.
-const ALL_TYPES: [FrameType; 20] = [
+const ALL_TYPES: [FrameType; 21] = [
     FrameType::Hello,
     FrameType::Welcome,
     FrameType::Reject,
@@ -169,6 +169,7 @@ const ALL_TYPES: [FrameType; 20] = [
     FrameType::Message,
     FrameType::Lagged,
     FrameType::Ack,
+    FrameType::Messages,
     FrameType::Ping,
     FrameType::Pong,
     FrameType::Goodbye,
@@ -1532,6 +1533,14 @@ fn case27_frames_in_the_wrong_direction_are_connection_errors() {
         (
             Frame::Message { subscription: 1, topic: Text::from("t"), payload: Bytes::new() },
             ProtocolError::UnexpectedFrame { frame: FrameType::Message, reason: "only servers deliver" },
+        ),
+        (
+            Frame::Messages {
+                subscription: 1,
+                topic: Text::from("t"),
+                batch: wharf_core::wire::MessageBatch::from_payloads([&b"x"[..], b"yz"]).expect("a batch"),
+            },
+            ProtocolError::UnexpectedFrame { frame: FrameType::Messages, reason: "only servers deliver" },
         ),
         (
             Frame::Lagged { subscription: 1, dropped: 3 },

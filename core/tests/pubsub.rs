@@ -11,7 +11,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
-use support::Pair;
+use support::{Pair, messages};
 use wharf_core::broker::{Broker, BrokerConfig, BrokerError, BrokerEvent, Delivery, PublishReport, SubscriberId};
 use wharf_core::wire::{Frame, Hello, MAX_VERSION, MIN_VERSION, PREAMBLE};
 use wharf_core::{
@@ -774,18 +774,6 @@ impl Hub {
         }
         moved
     }
-}
-
-fn messages(events: &[Event]) -> Vec<(SubscriptionId, String, Bytes)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message { subscription, topic, payload } => {
-                Some((*subscription, topic.to_string(), payload.clone()))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

@@ -276,6 +276,14 @@ fn frames() -> Vec<(&'static str, Frame)> {
         ("publish", Frame::Publish { id: 0, topic: text("news/today"), payload: b(b"sunny") }),
         ("publish-with-ack", Frame::Publish { id: 15, topic: text("sensors/t1"), payload: b(b"21.5") }),
         ("message", Frame::Message { subscription: 9, topic: text("sensors/t1"), payload: b(b"21.5") }),
+        (
+            "messages",
+            Frame::Messages {
+                subscription: 9,
+                topic: text("sensors/t1"),
+                batch: wharf_core::wire::MessageBatch::from_payloads([&b"21.5"[..], b"", b"22"]).expect("a batch"),
+            },
+        ),
         ("lagged", Frame::Lagged { subscription: 9, dropped: 42 }),
         ("ack-subscribe", Frame::Ack { id: 7, status: Code::OK, value: 0 }),
         ("ack-publish", Frame::Ack { id: 15, status: Code::OK, value: 2 }),
@@ -335,6 +343,15 @@ fn invalid_frames() -> Vec<(&'static str, ProtocolError)> {
         ),
         ("invalid-credit-zero", ProtocolError::Malformed { frame: Credit, reason: "credit increment is 0" }),
         ("invalid-unsubscribe-zero", ProtocolError::Malformed { frame: Unsubscribe, reason: "subscription id is 0" }),
+        ("invalid-messages-no-item", ProtocolError::Malformed { frame: Messages, reason: "no message" }),
+        (
+            "invalid-messages-length-cut-short",
+            ProtocolError::Malformed { frame: Messages, reason: "a message length runs past the end of the frame" },
+        ),
+        (
+            "invalid-messages-item-past-end",
+            ProtocolError::Malformed { frame: Messages, reason: "a message runs past the end of the frame" },
+        ),
     ]
 }
 

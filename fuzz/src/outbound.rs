@@ -175,7 +175,9 @@ impl Outbound {
                 assert!(self.ended.insert(id), "we sent END twice on call {id}");
             }
             Frame::Credit { .. } | Frame::Ping { .. } | Frame::Pong { .. } => {}
-            Frame::Message { subscription, .. } | Frame::Lagged { subscription, .. } => {
+            Frame::Message { subscription, .. }
+            | Frame::Messages { subscription, .. }
+            | Frame::Lagged { subscription, .. } => {
                 assert_eq!(cx.role, Role::Server, "a client delivered");
                 if let Some(subs) = cx.peer_subs {
                     assert!(subs.contains(&subscription), "delivery for subscription {subscription} never made");

@@ -6,8 +6,8 @@
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use wharf_core::wire::{
-    CallKind, Code, ErrorBody, Frame, Goodbye, HEADER_LEN, Header, Hello, Metadata, Notify, Reject, Request,
-    SlowConsumerPolicy, Welcome,
+    CallKind, Code, ErrorBody, Frame, Goodbye, HEADER_LEN, Header, Hello, MessageBatch, Metadata, Notify, Reject,
+    Request, SlowConsumerPolicy, Welcome,
 };
 use wharf_core::{Role, Text};
 
@@ -315,6 +315,13 @@ pub enum FrameSpec {
         topic: Name,
         payload: Len,
     },
+    /// A MESSAGES frame with the first 16 of these payloads (one at least).
+    Messages {
+        subscription: IdSel,
+        topic: Name,
+        first: Len,
+        more: Vec<Len>,
+    },
     Lagged {
         subscription: IdSel,
         dropped: u64,
@@ -421,6 +428,15 @@ impl FrameSpec {
                 topic: topic.text(),
                 payload: payload.bytes(),
             },
+            FrameSpec::Messages { subscription, topic, first, more } => {
+                let payloads: Vec<Bytes> =
+                    std::iter::once(first).chain(more.iter().take(15)).map(|l| l.bytes()).collect();
+                Frame::Messages {
+                    subscription: book.resolve(*subscription),
+                    topic: topic.text(),
+                    batch: MessageBatch::from_payloads(payloads.iter().map(|b| &b[..])).expect("one payload at least"),
+                }
+            }
             FrameSpec::Lagged { subscription, dropped } => {
                 Frame::Lagged { subscription: book.resolve(*subscription), dropped: *dropped }
             }

@@ -746,7 +746,7 @@ pub async fn raw_subscriptions_yield_the_published_bytes(env: &Env) {
         server.publish_raw("bytes", Bytes::copy_from_slice(&i.to_le_bytes()));
     }
     slow.ping().await.unwrap();
-    let (mut lost, mut last) = (0u64, None);
+    let (mut lost, mut got, mut last) = (0u64, 0u64, None);
     while last != Some(19u32) {
         match env.within(WAIT, "the slow raw subscription", slow_raw.next()).await {
             Some(Ok(SubscriptionEvent::Lagged(n))) => lost += n,
@@ -754,11 +754,14 @@ pub async fn raw_subscriptions_yield_the_published_bytes(env: &Env) {
                 let i = u32::from_le_bytes(value[..].try_into().unwrap());
                 assert!(last.is_none_or(|l| i > l), "out of order: {i} after {last:?}");
                 last = Some(i);
+                got += 1;
             }
             other => panic!("{other:?}"),
         }
     }
     assert!(lost > 0, "a raw subscription with a buffer of 4 lost nothing of 20");
+    assert_eq!(lost + got, 20, "lost {lost} + received {got}: every message accounted for once");
+    assert!(got <= 5, "received {got} with a buffer of 4 (and a lag report)");
 }
 
 /// A server handler publishes through the server's broker with

@@ -268,6 +268,7 @@ impl Session {
             codec: self.inner.codec,
             ended: false,
             taken: VecDeque::new(),
+            batch: None,
             _t: PhantomData,
         };
         std::future::poll_fn(|cx| {
@@ -457,6 +458,8 @@ pub struct Subscription<T> {
     /// Items taken from the session's queue in one go, not yet yielded:
     /// one lock per batch instead of one per message.
     taken: VecDeque<SubItem>,
+    /// The rest of a MESSAGES frame's messages being handed out.
+    batch: Option<(Text, wharf_core::MessageBatch)>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -480,8 +483,8 @@ impl<T> Subscription<T> {
     /// once (the two queues swap, so neither allocates) and then yielded
     /// without locking; the session's buffer limit applies to what it holds,
     /// so a reader that keeps up holds at most twice that in all.
-    pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<SubItem, Error>>> {
-        if let Some(item) = self.taken.pop_front() {
+    pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<RawItem, Error>>> {
+        if let Some(item) = self.next_taken() {
             return Poll::Ready(Some(Ok(item)));
         }
         if self.ended {
@@ -493,9 +496,9 @@ impl<T> Subscription<T> {
             return Poll::Ready(None);
         };
         std::mem::swap(&mut s.queue, &mut self.taken);
-        match self.taken.pop_front() {
-            Some(item) => Poll::Ready(Some(Ok(item))),
-            None => match s.ended.clone() {
+        s.held = 0;
+        if self.taken.is_empty() {
+            return match s.ended.clone() {
                 Some(e) => {
                     self.ended = true;
                     Poll::Ready(Some(Err(e)))
@@ -504,9 +507,44 @@ impl<T> Subscription<T> {
                     s.waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
-            },
+            };
+        }
+        drop(st);
+        match self.next_taken() {
+            Some(item) => Poll::Ready(Some(Ok(item))),
+            // Only empty batches were taken (never queued): look again.
+            None => self.poll_raw(cx),
         }
     }
+
+    /// The next message or lag report already taken from the session.
+    fn next_taken(&mut self) -> Option<RawItem> {
+        loop {
+            if let Some((topic, batch)) = &mut self.batch {
+                if let Some(payload) = batch.pop_front() {
+                    let topic = if batch.is_empty() {
+                        let (t, _) = self.batch.take()?;
+                        t
+                    } else {
+                        topic.clone()
+                    };
+                    return Some(RawItem::Message(topic, payload));
+                }
+                self.batch = None;
+            }
+            match self.taken.pop_front()? {
+                SubItem::Message(topic, payload) => return Some(RawItem::Message(topic, payload)),
+                SubItem::Lagged(n) => return Some(RawItem::Lagged(n)),
+                SubItem::Batch(topic, batch) => self.batch = Some((topic, batch)),
+            }
+        }
+    }
+}
+
+/// A subscription item as [`Subscription::poll_raw`] yields it.
+pub(crate) enum RawItem {
+    Message(Text, Bytes),
+    Lagged(u64),
 }
 
 impl<T: DeserializeOwned> Subscription<T> {
@@ -528,8 +566,8 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
             Poll::Ready(Some(Ok(item))) => item,
         };
         Poll::Ready(Some(match item {
-            SubItem::Lagged(n) => Ok(SubscriptionEvent::Lagged(n)),
-            SubItem::Message(topic, payload) => {
+            RawItem::Lagged(n) => Ok(SubscriptionEvent::Lagged(n)),
+            RawItem::Message(topic, payload) => {
                 this.codec.decode(&payload).map(|value| SubscriptionEvent::Message { topic, value })
             }
         }))
@@ -563,8 +601,8 @@ impl Stream for RawSubscription {
         self.get_mut().0.poll_raw(cx).map(|item| {
             item.map(|r| {
                 r.map(|item| match item {
-                    SubItem::Lagged(n) => SubscriptionEvent::Lagged(n),
-                    SubItem::Message(topic, payload) => SubscriptionEvent::Message { topic, value: payload },
+                    RawItem::Lagged(n) => SubscriptionEvent::Lagged(n),
+                    RawItem::Message(topic, payload) => SubscriptionEvent::Message { topic, value: payload },
                 })
             })
         })

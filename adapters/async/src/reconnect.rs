@@ -32,12 +32,12 @@ use serde::de::DeserializeOwned;
 use wharf_core::{CallKind, CallOptions, Code, ConnectionError, SubscribeOptions, Text, Timeout};
 use wharf_transport::Endpoint;
 
+use crate::api::RawItem;
 use crate::api::{Session, Subscription};
 use crate::client::ConnectParts;
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::runtime::{Runtime, Timer};
-use crate::session::SubItem;
 
 /// How many attempt records [`ReconnectingClient::attempts`] keeps (the
 /// most recent ones).
@@ -775,12 +775,12 @@ impl<T: DeserializeOwned> Stream for ReconnectingSubscription<T> {
         }
         if let Some(cur) = this.current.as_mut() {
             match cur.poll_raw(cx) {
-                Poll::Ready(Some(Ok(SubItem::Message(topic, payload)))) => {
+                Poll::Ready(Some(Ok(RawItem::Message(topic, payload)))) => {
                     return Poll::Ready(Some(
                         this.codec.decode(&payload).map(|value| ReconnectEvent::Message { topic, value }),
                     ));
                 }
-                Poll::Ready(Some(Ok(SubItem::Lagged(n)))) => return Poll::Ready(Some(Ok(ReconnectEvent::Lagged(n)))),
+                Poll::Ready(Some(Ok(RawItem::Lagged(n)))) => return Poll::Ready(Some(Ok(ReconnectEvent::Lagged(n)))),
                 // The connection ended: wait for the next one.
                 Poll::Ready(Some(Err(Error::ConnectionLost(_)))) | Poll::Ready(None) => this.current = None,
                 Poll::Ready(Some(Err(e))) => return this.end(e),

@@ -127,13 +127,29 @@ pub(crate) struct InSlot {
 /// One item of a subscription.
 pub(crate) enum SubItem {
     Message(Text, Bytes),
+    /// The messages of one MESSAGES frame, kept together (one queue entry
+    /// for all of them); a subscription hands them out one at a time.
+    Batch(Text, wharf_core::MessageBatch),
     Lagged(u64),
+}
+
+impl SubItem {
+    /// What the item counts against the subscription's buffer limit: its
+    /// messages (a lag report counts as one).
+    fn weight(&self) -> usize {
+        match self {
+            SubItem::Batch(_, b) => b.len(),
+            SubItem::Message(..) | SubItem::Lagged(_) => 1,
+        }
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct SubSlot {
     pub(crate) policy: wharf_core::SlowConsumerPolicy,
     pub(crate) queue: VecDeque<SubItem>,
+    /// The weight of what `queue` holds ([`SubItem::weight`]).
+    pub(crate) held: usize,
     pub(crate) ack: Option<Result<(), Error>>,
     pub(crate) ended: Option<Error>,
     pub(crate) waker: Option<Waker>,
@@ -430,17 +446,12 @@ impl<S: ByteStream> Driver<S> {
         }
 
         // Events.
-        while let Some(ev) = st.conn.poll_event() {
-            progress = true;
-            dispatch(inner, st, ev);
-        }
+        progress |= drain_events(inner, st);
 
         // Pub/sub deliveries queued for this connection by the broker.
         if let Some(link) = &inner.server {
             progress |= link.pump(st);
-            while let Some(ev) = st.conn.poll_event() {
-                dispatch(inner, st, ev);
-            }
+            drain_events(inner, st);
         }
 
         // Write.
@@ -471,10 +482,7 @@ impl<S: ByteStream> Driver<S> {
                 Poll::Pending => break,
             }
         }
-        while let Some(ev) = st.conn.poll_event() {
-            progress = true;
-            dispatch(inner, st, ev);
-        }
+        progress |= drain_events(inner, st);
         progress
     }
 
@@ -586,9 +594,7 @@ impl<S: ByteStream> Drop for Driver<S> {
             let now = inner.runtime.now();
             st.conn.handle_transport_error(&e, now);
         }
-        while let Some(ev) = st.conn.poll_event() {
-            dispatch(&inner, &mut st, ev);
-        }
+        drain_events(&inner, &mut st);
         // Handlers dispatched but never polled: dropped once the lock is
         // released (a responder locks to answer; the connection is gone, so
         // nothing is sent).
@@ -839,6 +845,22 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
     }
 }
 
+/// Dispatches every event the connection has; the messages of a MESSAGES
+/// frame go to their subscription in one piece. Whether there was any.
+fn drain_events(inner: &Arc<Inner>, st: &mut State) -> bool {
+    let mut any = false;
+    loop {
+        if let Some((subscription, topic, batch)) = st.conn.poll_message_batch() {
+            push_sub_item(inner, st, subscription, SubItem::Batch(topic, batch));
+        } else if let Some(ev) = st.conn.poll_event() {
+            dispatch(inner, st, ev);
+        } else {
+            return any;
+        }
+        any = true;
+    }
+}
+
 /// Queues a subscription item. Past the local buffer limit, the
 /// subscription's policy decides, as it does in the server's broker: drop the
 /// oldest message and report the loss as lag, or end the subscription with
@@ -857,9 +879,11 @@ fn push_sub_item(inner: &Inner, st: &mut State, id: wharf_core::SubscriptionId, 
         st.wake(w);
         return;
     }
+    s.held += item.weight();
     s.queue.push_back(item);
-    if s.queue.len() > limit && s.policy == wharf_core::SlowConsumerPolicy::Disconnect {
+    if s.held > limit && s.policy == wharf_core::SlowConsumerPolicy::Disconnect {
         s.queue.clear();
+        s.held = 0;
         s.ended = Some(Error::SlowConsumer { buffered: limit });
         let w = s.waker.take();
         st.wake(w);
@@ -867,15 +891,32 @@ fn push_sub_item(inner: &Inner, st: &mut State, id: wharf_core::SubscriptionId, 
         return;
     }
     let mut dropped = 0u64;
-    while s.queue.len() > limit {
-        match s.queue.pop_front() {
-            Some(SubItem::Message(..)) => dropped += 1,
-            Some(SubItem::Lagged(n)) => dropped += n,
+    while s.held > limit {
+        let excess = s.held - limit;
+        match s.queue.front_mut() {
+            // Drop only as many of a batch's oldest messages as needed.
+            Some(SubItem::Batch(_, b)) if b.len() > excess => {
+                for _ in 0..excess {
+                    b.pop_front();
+                }
+                s.held -= excess;
+                dropped += excess as u64;
+            }
+            Some(_) => {
+                let Some(item) = s.queue.pop_front() else { break };
+                s.held -= item.weight();
+                dropped += match item {
+                    SubItem::Lagged(n) => n,
+                    SubItem::Batch(_, b) => b.len() as u64,
+                    SubItem::Message(..) => 1,
+                };
+            }
             None => break,
         }
     }
     if dropped > 0 {
         s.queue.push_front(SubItem::Lagged(dropped));
+        s.held += 1;
     }
     let w = s.waker.take();
     st.wake(w);

@@ -360,6 +360,11 @@ impl Connection {
                     self.emit(Event::Message { subscription: sub, topic, payload });
                 }
             }
+            Frame::Messages { subscription, topic, batch } => {
+                if let Some(sub) = self.client_sub(FrameType::Messages, subscription) {
+                    self.emit_batch(sub, topic, batch);
+                }
+            }
             Frame::Lagged { subscription, dropped } => {
                 if let Some(sub) = self.client_sub(FrameType::Lagged, subscription) {
                     self.emit(Event::Lagged { subscription: sub, dropped });

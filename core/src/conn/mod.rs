@@ -19,8 +19,8 @@ use crate::event::{CancelReason, Connected, Event, PeerLimits, PublishId, Reques
 use crate::stats::Stats;
 use crate::text::Text;
 use crate::wire::{
-    CallKind, Code, ErrorBody, Frame, Goodbye, HEADER_LEN, Hello, MAX_VERSION, MIN_VERSION, Metadata, NO_HINT, Notify,
-    PREAMBLE, Reject, Request, SlowConsumerPolicy, TraceId, Welcome,
+    CallKind, Code, ErrorBody, Frame, Goodbye, HEADER_LEN, Hello, MAX_VERSION, MIN_VERSION, MessageBatch, Metadata,
+    NO_HINT, Notify, PREAMBLE, Reject, Request, SlowConsumerPolicy, TraceId, Welcome,
 };
 
 use block::SpareBlock;
@@ -194,6 +194,15 @@ struct Closing {
     deadline: Instant,
 }
 
+/// An entry of the event queue.
+#[derive(Debug)]
+enum Queued {
+    /// One event.
+    One(Event),
+    /// The messages of a MESSAGES frame not yet handed out (never empty).
+    Batch { subscription: SubscriptionId, topic: Text, batch: MessageBatch },
+}
+
 #[derive(Debug)]
 struct Ping {
     id: u64,
@@ -206,6 +215,9 @@ struct Ping {
 const MAX_REASON: usize = 1000;
 /// Longest ERROR message we send.
 const MAX_ERROR_MESSAGE: usize = 4096;
+/// Largest body of a MESSAGES frame the server builds: the size of a send
+/// block, so that a batch grows in place.
+const MAX_BATCH_BODY: u32 = 16 * 1024;
 /// Most user pings outstanding at once.
 const MAX_PINGS: usize = 64;
 /// Smallest `max_frame_size` a peer may announce.
@@ -358,7 +370,7 @@ pub struct Connection {
     next_ping: u64,
 
     // Events.
-    events: VecDeque<Event>,
+    events: VecDeque<Queued>,
     event_bytes: usize,
     read_paused: bool,
 
@@ -982,10 +994,62 @@ impl Connection {
         !self.events.is_empty()
     }
 
+    /// Client: if the next event is a message that came in a MESSAGES
+    /// frame, takes that frame's messages not handed out yet all at once:
+    /// the subscription, the topic and the batch (iterate it, or take its
+    /// messages with [`MessageBatch::pop_front`]). The same messages
+    /// [`poll_event`](Self::poll_event) would give one [`Event::Message`]
+    /// each, for drivers that move them on in bulk. `None`, taking nothing,
+    /// when the next event is anything else (or there is none).
+    pub fn poll_message_batch(&mut self) -> Option<(SubscriptionId, Text, MessageBatch)> {
+        if !matches!(self.events.front(), Some(Queued::Batch { .. })) {
+            return None;
+        }
+        let Some(Queued::Batch { subscription, topic, batch }) = self.events.pop_front() else { return None };
+        self.event_bytes -= Event::OVERHEAD + topic.len() + batch.as_bytes().len();
+        self.note_read_resume();
+        if batch.is_empty() {
+            // Never queued empty; nothing to hand out.
+            return self.poll_message_batch();
+        }
+        Some((subscription, topic, batch))
+    }
+
     /// The next event, if any.
+    ///
+    /// The messages of a MESSAGES frame come out one [`Event::Message`]
+    /// each, in order, as if each had come in a MESSAGE frame of its own.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let e = self.events.pop_front()?;
-        self.event_bytes -= e.held_bytes();
+        let (e, freed) = loop {
+            match self.events.front_mut()? {
+                Queued::Batch { subscription, topic, batch } => {
+                    let Some(payload) = batch.pop_front() else {
+                        // Never queued empty; a drained batch leaves below.
+                        self.events.pop_front();
+                        continue;
+                    };
+                    let subscription = *subscription;
+                    let mut freed = 4 + payload.len();
+                    let topic = if batch.is_empty() {
+                        freed += Event::OVERHEAD + topic.len();
+                        let t = std::mem::take(topic);
+                        self.events.pop_front();
+                        t
+                    } else {
+                        topic.clone()
+                    };
+                    break (Event::Message { subscription, topic, payload }, freed);
+                }
+                Queued::One(_) => match self.events.pop_front() {
+                    Some(Queued::One(e)) => {
+                        let freed = e.held_bytes();
+                        break (e, freed);
+                    }
+                    _ => continue,
+                },
+            }
+        };
+        self.event_bytes -= freed;
         self.note_read_resume();
         Some(e)
     }
@@ -1436,12 +1500,48 @@ impl Connection {
     /// Server: delivers a published message to one of this client's
     /// subscriptions. [`SendError::Blocked`] means the client is behind:
     /// keep the message in the broker's queue for this subscriber.
+    ///
+    /// Small messages (up to 1 KiB) delivered one after another to the same
+    /// subscription and topic, with nothing else queued in between and no
+    /// write in between, travel in one MESSAGES frame (up to 16 KiB of
+    /// body, and never above the peer's `max_frame_size`); the client's
+    /// connection hands them out one [`Event::Message`] each. Nothing waits
+    /// for a batch to fill: it is whatever piled up since the last write.
     pub fn deliver(&mut self, subscription: SubscriptionId, topic: &Text, payload: Bytes) -> Result<(), SendError> {
+        self.deliver_ref(subscription, topic, &payload)
+    }
+
+    /// [`deliver`](Self::deliver) of a payload the caller keeps (the
+    /// broker's queue): small payloads are copied into the frame, a large
+    /// one is shared.
+    pub(crate) fn deliver_ref(
+        &mut self,
+        subscription: SubscriptionId,
+        topic: &Text,
+        payload: &Bytes,
+    ) -> Result<(), SendError> {
         self.check_deliverable(subscription)?;
         if topic.as_bytes().contains(&0) {
             return Err(SendError::Invalid { what: "topic", reason: "contains NUL" });
         }
-        let frame = Frame::Message { subscription: subscription.0, topic: topic.clone(), payload };
+        if payload.len() <= queue::COPY_MAX && topic.len() <= u16::MAX as usize {
+            self.check_room()?;
+            let max_body = self.peer.max_frame_size.min(MAX_BATCH_BODY);
+            if self.out.join_batch(subscription.0, topic, payload, max_body) {
+                self.transmit_dirty = true;
+                self.note_read_pause();
+                return Ok(());
+            }
+            let body_len = (2 + topic.len() + 4 + payload.len()) as u32;
+            if body_len <= self.peer.max_frame_size {
+                self.out.push_batch(subscription.0, topic, payload, body_len);
+                self.stats.frames_sent += 1;
+                self.transmit_dirty = true;
+                self.note_read_pause();
+                return Ok(());
+            }
+        }
+        let frame = Frame::Message { subscription: subscription.0, topic: topic.clone(), payload: payload.clone() };
         let len = self.check_frame(&frame)?;
         self.check_room()?;
         self.enqueue_len(&frame, len);
@@ -1555,8 +1655,21 @@ impl Connection {
     }
 
     fn emit(&mut self, e: Event) {
-        self.event_bytes += e.held_bytes();
-        self.events.push_back(e);
+        self.queue_event(e.held_bytes(), Queued::One(e));
+    }
+
+    /// Queues the messages of a MESSAGES frame, held as one entry and handed
+    /// out one [`Event::Message`] each by [`poll_event`](Self::poll_event).
+    /// Held bytes: one event's overhead and the topic, plus each message
+    /// with its length prefix (released as it is polled).
+    fn emit_batch(&mut self, subscription: SubscriptionId, topic: Text, batch: MessageBatch) {
+        let held = Event::OVERHEAD + topic.len() + batch.as_bytes().len();
+        self.queue_event(held, Queued::Batch { subscription, topic, batch });
+    }
+
+    fn queue_event(&mut self, held: usize, q: Queued) {
+        self.event_bytes += held;
+        self.events.push_back(q);
         if self.event_bytes >= self.config.max_inbound_buffered {
             self.note_read_pause();
         }

@@ -18,13 +18,14 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::block::SpareBlock;
-use crate::wire::{Frame, HEADER_LEN};
+use crate::text::Text;
+use crate::wire::{Frame, FrameType, HEADER_LEN, Header};
 
 /// Payloads up to this size are copied next to their header.
-const COPY_MAX: usize = 1024;
+pub(crate) const COPY_MAX: usize = 1024;
 /// Minimum growth of the coalescing buffer.
 const OPEN_CHUNK: usize = 16 * 1024;
 /// The first coalescing block (see the module's documentation).
@@ -51,6 +52,21 @@ pub(crate) struct SendQueue {
     spare: SpareBlock,
     len: usize,
     mode: Mode,
+    /// The MESSAGES frame at the end of `open`, which later messages of the
+    /// same subscription and topic may join while nothing else is queued
+    /// after it and none of it was handed out for writing.
+    batch: Option<OpenBatch>,
+}
+
+/// Where the growing MESSAGES frame is, and what may join it.
+#[derive(Debug)]
+struct OpenBatch {
+    /// Offset of its header in `open`.
+    start: usize,
+    /// Its body length so far.
+    body_len: u32,
+    subscription: u64,
+    topic: Text,
 }
 
 impl SendQueue {
@@ -85,9 +101,11 @@ impl SendQueue {
                     return;
                 }
                 // The traffic needs more: a full block, the small one left to
-                // the chunks still cut from it.
-                self.seal();
-                self.open = BytesMut::with_capacity(want);
+                // the chunks still cut from it (an open batch moves along).
+                self.seal_before_batch();
+                let mut block = BytesMut::with_capacity(want.max(self.open.len() + n));
+                block.extend_from_slice(&self.open);
+                self.open = block;
                 self.mode = Mode::Full;
                 return;
             }
@@ -96,9 +114,21 @@ impl SendQueue {
             self.spare.not_needed();
             return;
         }
-        // Queue what `open` holds, then go on in another block.
-        self.seal();
+        // Queue what `open` holds, then go on in another block (an open
+        // batch moves along).
+        self.seal_before_batch();
         self.spare.switch(&mut self.open, n, want);
+    }
+
+    /// [`seal`](Self::seal), except for an open batch, which stays in `open`
+    /// (at its front) so that it can go on growing.
+    fn seal_before_batch(&mut self) {
+        let Some(b) = self.batch.as_mut() else { return self.seal() };
+        if b.start > 0 {
+            let before = self.open.split_to(b.start);
+            b.start = 0;
+            self.chunks.push_back(before.freeze());
+        }
     }
 
     /// The queue drained: start `open` over at the front of its block if no
@@ -113,6 +143,7 @@ impl SendQueue {
     /// nothing is queued.
     pub(crate) fn release(&mut self) {
         if self.len == 0 && self.chunks.is_empty() {
+            self.batch = None;
             self.open = BytesMut::new();
             self.spare.clear();
             self.mode = Mode::None;
@@ -130,7 +161,48 @@ impl SendQueue {
         self.open.capacity() + self.spare.capacity()
     }
 
+    /// Appends one message to the MESSAGES frame at the end of the queue
+    /// if it is for the same subscription and topic and its body stays
+    /// within `max_body`; false (and nothing queued) otherwise.
+    pub(crate) fn join_batch(&mut self, subscription: u64, topic: &Text, payload: &[u8], max_body: u32) -> bool {
+        let add = 4 + payload.len();
+        let fits = |b: &OpenBatch| {
+            b.subscription == subscription
+                && b.topic.as_bytes() == topic.as_bytes()
+                && b.body_len as usize + add <= max_body as usize
+        };
+        if !self.batch.as_ref().is_some_and(fits) {
+            return false;
+        }
+        // Room in this block: a reserve that has to move to another block
+        // seals this one, which ends the batch.
+        self.reserve(add);
+        let Some(b) = self.batch.as_mut() else { return false };
+        self.open.put_u32_le(payload.len() as u32);
+        self.open.extend_from_slice(payload);
+        b.body_len += add as u32;
+        self.open[b.start..b.start + 4].copy_from_slice(&b.body_len.to_le_bytes());
+        self.len += add;
+        true
+    }
+
+    /// Queues a MESSAGES frame holding one message, which later ones of
+    /// the same subscription and topic may join ([`join_batch`](Self::join_batch)).
+    /// `body_len` (the topic's str16 and the item) was checked by the caller.
+    pub(crate) fn push_batch(&mut self, subscription: u64, topic: &Text, payload: &[u8], body_len: u32) {
+        self.reserve(HEADER_LEN + body_len as usize);
+        let start = self.open.len();
+        Header { len: body_len, ty: FrameType::Messages, flags: 0, id: subscription }.encode(&mut self.open);
+        self.open.put_u16_le(topic.len() as u16);
+        self.open.extend_from_slice(topic.as_bytes());
+        self.open.put_u32_le(payload.len() as u32);
+        self.open.extend_from_slice(payload);
+        self.len += HEADER_LEN + body_len as usize;
+        self.batch = Some(OpenBatch { start, body_len, subscription, topic: topic.clone() });
+    }
+
     pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
+        self.batch = None;
         self.reserve(bytes.len());
         self.open.extend_from_slice(bytes);
         self.len += bytes.len();
@@ -139,6 +211,7 @@ impl SendQueue {
     /// Queues `frame`, whose body length `body_len` was computed (and
     /// validated) by the caller.
     pub(crate) fn push_frame(&mut self, frame: &Frame, body_len: u32) {
+        self.batch = None;
         let tail = frame.tail().filter(|t| !t.is_empty());
         let head_len = HEADER_LEN + body_len as usize - tail.map_or(0, |t| t.len());
         match tail {
@@ -161,8 +234,10 @@ impl SendQueue {
         self.len += HEADER_LEN + body_len as usize;
     }
 
-    /// Moves the coalescing buffer's contents into the chunk queue.
+    /// Moves the coalescing buffer's contents into the chunk queue (which
+    /// ends an open batch: its bytes may be written from now on).
     fn seal(&mut self) {
+        self.batch = None;
         if !self.open.is_empty() {
             self.chunks.push_back(self.open.split().freeze());
         }
@@ -196,6 +271,7 @@ impl SendQueue {
             let Some(front) = self.chunks.front_mut() else {
                 // Bytes still in `open` (the caller wrote without asking for
                 // slices first): only possible if chunks is empty.
+                self.batch = None;
                 self.open.advance(n);
                 return;
             };
@@ -211,6 +287,7 @@ impl SendQueue {
 
     /// Drops everything (the peer will never read it).
     pub(crate) fn clear(&mut self) {
+        self.batch = None;
         self.chunks.clear();
         self.open.clear();
         self.spare.clear();

@@ -251,6 +251,14 @@ pub fn find<T>(events: &[Event], f: impl Fn(&Event) -> Option<T>) -> Vec<T> {
     events.iter().filter_map(f).collect()
 }
 
+/// The message events among `events`, in order: subscription, topic, payload.
+pub fn messages(events: &[Event]) -> Vec<(wharf_core::SubscriptionId, String, Bytes)> {
+    find(events, |e| match e {
+        Event::Message { subscription, topic, payload } => Some((*subscription, topic.to_string(), payload.clone())),
+        _ => None,
+    })
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
