@@ -228,3 +228,27 @@ fn message_batches_round_trip_and_refuse_malformed_items() {
         );
     }
 }
+
+#[test]
+fn no_message_joins_a_batch_after_its_subscription_ended_or_the_connection_closed() {
+    let (mut p, ids) = subscribed(Config::default(), &["t"]);
+    let topic = Text::from("t");
+    p.server.conn.deliver(ids[0], &topic, payload(1, 8)).unwrap();
+    // The client's UNSUBSCRIBE reaches the server while the batch is open.
+    p.client.conn.unsubscribe(ids[0]).unwrap();
+    let mut c2s = Vec::new();
+    while let Some(chunk) = p.client.conn.poll_transmit(p.now) {
+        c2s.extend_from_slice(&chunk);
+    }
+    p.server.conn.handle_input(&c2s, p.now);
+    assert_eq!(
+        p.server.conn.deliver(ids[0], &topic, payload(2, 8)),
+        Err(wharf_core::SendError::UnknownCall { id: ids[0].0 })
+    );
+
+    // A closed connection takes nothing, open batch or not.
+    let (mut p, ids) = subscribed(Config::default(), &["t"]);
+    p.server.conn.deliver(ids[0], &topic, payload(1, 8)).unwrap();
+    p.server.conn.handle_eof(p.now);
+    assert!(matches!(p.server.conn.deliver(ids[0], &topic, payload(2, 8)), Err(wharf_core::SendError::Closed(_))));
+}

@@ -307,6 +307,8 @@ impl Connection {
                 if !self.accept_peer_op(FrameType::Unsubscribe, id) {
                     return;
                 }
+                // A batch for it must not grow past this point.
+                self.out.end_batch();
                 let status = match self.subs.remove(&subscription) {
                     Some(state) => {
                         if state == SubState::Pending && self.ops.remove(&subscription).is_some() {

@@ -1470,6 +1470,7 @@ impl Connection {
         if code == Code::OK {
             self.subs.insert(id.0, SubState::Active);
         } else {
+            self.out.end_batch();
             self.subs.remove(&id.0);
         }
         self.enqueue(&Frame::Ack { id: id.0, status: code, value: 0 });
@@ -1520,11 +1521,11 @@ impl Connection {
         topic: &Text,
         payload: &Bytes,
     ) -> Result<(), SendError> {
-        self.check_deliverable(subscription)?;
-        if topic.as_bytes().contains(&0) {
-            return Err(SendError::Invalid { what: "topic", reason: "contains NUL" });
-        }
-        if payload.len() <= queue::COPY_MAX && topic.len() <= u16::MAX as usize {
+        let small = payload.len() <= queue::COPY_MAX;
+        if small && matches!(self.state, State::Established) {
+            // Joining the open batch: its subscription and topic passed the
+            // checks below when it began, and it ends before either can
+            // change (every change queues a frame, or ends it explicitly).
             self.check_room()?;
             let max_body = self.peer.max_frame_size.min(MAX_BATCH_BODY);
             if self.out.join_batch(subscription.0, topic, payload, max_body) {
@@ -1532,6 +1533,13 @@ impl Connection {
                 self.note_read_pause();
                 return Ok(());
             }
+        }
+        self.check_deliverable(subscription)?;
+        if topic.as_bytes().contains(&0) {
+            return Err(SendError::Invalid { what: "topic", reason: "contains NUL" });
+        }
+        if small && topic.len() <= u16::MAX as usize {
+            self.check_room()?;
             let body_len = (2 + topic.len() + 4 + payload.len()) as u32;
             if body_len <= self.peer.max_frame_size {
                 self.out.push_batch(subscription.0, topic, payload, body_len);

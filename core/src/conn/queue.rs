@@ -201,6 +201,11 @@ impl SendQueue {
         self.batch = Some(OpenBatch { start, body_len, subscription, topic: topic.clone() });
     }
 
+    /// Ends the open batch: nothing more joins it.
+    pub(crate) fn end_batch(&mut self) {
+        self.batch = None;
+    }
+
     pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
         self.batch = None;
         self.reserve(bytes.len());
