@@ -294,7 +294,7 @@ fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Transpor
         }
         Endpoint::Tcp(addr) => Kind::Tcp(Async::new(wharf_transport::bind_tcp(addr, &options.tcp)?).map_err(register)?),
         #[cfg(windows)]
-        Endpoint::Pipe(name) => Kind::Pipe(wharf_pipe_reactor::PipeListener::bind(name)?),
+        Endpoint::Pipe(name) => Kind::Pipe(wharf_pipe_reactor::PipeListener::bind(name, &options.pipe)?),
         #[allow(unreachable_patterns)]
         other => return Err(other.unsupported()),
     };
