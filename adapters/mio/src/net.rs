@@ -295,6 +295,14 @@ impl Listener {
     /// No [`PeerPolicy`](wharf_transport::PeerPolicy) is applied here (the
     /// [`Server`](crate::Server) applies its own): check the returned
     /// identity with `PeerPolicy::check` before reading from the stream.
+    ///
+    /// A named pipe whose `max_instances` are all in use has no instance
+    /// waiting: this then fails with
+    /// [`TransportError::PipeFull`](wharf_transport::TransportError::PipeFull)
+    /// (inside the `io::Error`; see `TransportError::from_io`), and no
+    /// event comes for the listener's token until it is called again
+    /// after one is freed: wait ([`wharf_transport::accept_pause`], as the
+    /// [`Server`](crate::Server) does) and call it again.
     pub fn accept(&mut self, registry: &Registry, token: Token) -> io::Result<Option<(Stream, PeerIdentity)>> {
         let (mut stream, peer) = match &mut self.kind {
             #[cfg(unix)]

@@ -250,6 +250,12 @@ impl Listener {
     }
 
     /// Waits for the next connection.
+    ///
+    /// A named pipe whose `max_instances` are all in use has no instance
+    /// for the next client: this then fails with
+    /// [`TransportError::PipeFull`]
+    /// (inside the `io::Error`; see `TransportError::from_io`) until one
+    /// is freed; wait ([`wharf_transport::accept_pause`]) and call again.
     pub async fn accept(&mut self) -> io::Result<(Stream, PeerIdentity)> {
         std::future::poll_fn(|cx| self.poll_accept_stream(cx)).await
     }

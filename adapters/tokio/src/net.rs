@@ -211,6 +211,12 @@ impl Listener {
     /// [`PeerPolicy`](wharf_transport::PeerPolicy) is applied to a raw
     /// listener (servers apply theirs): check the identity with
     /// `PeerPolicy::check` before reading from the stream.
+    ///
+    /// A named pipe whose `max_instances` are all in use has no instance
+    /// for the next client: this then fails with
+    /// [`TransportError::PipeFull`]
+    /// (inside the `io::Error`; see `TransportError::from_io`) until one
+    /// is freed; wait ([`wharf_transport::accept_pause`]) and call again.
     pub async fn accept(&mut self) -> io::Result<(Stream, PeerIdentity)> {
         std::future::poll_fn(|cx| self.poll_accept_stream(cx)).await
     }
