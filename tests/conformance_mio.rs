@@ -79,6 +79,8 @@ struct Seen {
     hanging: AtomicUsize,
     /// Why each connection closed.
     closed_why: Mutex<Vec<ConnectionError>>,
+    /// `Server::refused_peers`, after each pass.
+    refused: AtomicUsize,
 }
 
 struct MioServer {
@@ -232,6 +234,7 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
         }
         seen.evicted.store(server.evicted_handshakes() as usize, Ordering::SeqCst);
         seen.held.store(server.connection_count(), Ordering::SeqCst);
+        seen.refused.store(server.refused_peers() as usize, Ordering::SeqCst);
         if stopping && server.connection_count() == 0 {
             return;
         }
@@ -1129,6 +1132,145 @@ macro_rules! cases {
             }
         }
     };
+}
+
+// ---------------------------------------------------------------------------
+// Windows named pipes on the mio loop: identity (X13), bounded instances
+// (X14), churn (S10)
+// ---------------------------------------------------------------------------
+
+#[cfg(windows)]
+mod pipe_identity_and_instances {
+    use wharf::mio::{BindOptions, PeerPolicy, PipeOptions, Sid};
+    use wharf::transport::TransportError;
+
+    use super::*;
+
+    fn another_sid() -> Sid {
+        "S-1-5-21-1-2-3-4242".parse().unwrap()
+    }
+
+    fn own_sid() -> Sid {
+        wharf::transport::current_user_sid().expect("our own SID")
+    }
+
+    /// A blocking client connecting (20 s allowed) on a thread, checked
+    /// to be still waiting a moment later: every instance is taken.
+    fn wait_in_line(ep: &Endpoint) -> std::thread::JoinHandle<Result<Client, Error>> {
+        let ep2 = ep.clone();
+        let waiting =
+            std::thread::spawn(move || Client::builder().connect_timeout(Duration::from_secs(20)).connect(&ep2));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "a client got into {ep} while every instance was taken");
+        waiting
+    }
+
+    fn with_max_instances(n: usize) -> ServerOptions {
+        ServerOptions {
+            bind: BindOptions { pipe: PipeOptions { max_instances: n }, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    /// Each end reads the other's pid and SID; the loop's peer policy
+    /// judges the client's SID before its HELLO (another SID only:
+    /// refused and counted, no connection; our SID: admitted), and the
+    /// blocking client judges the server's.
+    #[test]
+    fn sids_are_read_both_ways_and_judged_by_both_sides() {
+        bounded("sids_are_read_both_ways_and_judged_by_both_sides", || {
+            let dir = tmp();
+            let options = ServerOptions {
+                peer_policy: PeerPolicy::allow_list().allow_sid(another_sid()),
+                ..ServerOptions::default()
+            };
+            let server = mio_server(endpoint(Transport::Pipe, &dir), options, None);
+            assert!(Client::connect(&server.endpoint).is_err(), "a client the policy refuses connected");
+            let seen = server.seen.clone();
+            wait_until("the refusal to be counted", || seen.refused.load(Ordering::SeqCst) == 1);
+            assert_eq!(seen.connected.load(Ordering::SeqCst), 0, "the refused client's HELLO was handled");
+            assert_eq!(seen.held.load(Ordering::SeqCst), 0);
+
+            let options = ServerOptions {
+                peer_policy: PeerPolicy::allow_list().allow_sid(own_sid()),
+                ..ServerOptions::default()
+            };
+            let server = mio_server(endpoint(Transport::Pipe, &dir), options, None);
+            let mut c = Client::connect(&server.endpoint).unwrap();
+            assert_eq!(c.server_identity().sid, Some(own_sid()));
+            assert_eq!(c.server_identity().pid, Some(std::process::id()));
+            assert_eq!(c.call_raw("echo", Bytes::from_static(b"by SID")).unwrap(), &b"by SID"[..]);
+            assert_eq!(server.seen.refused.load(Ordering::SeqCst), 0);
+
+            let strict = Client::builder().server_policy(PeerPolicy::allow_list().allow_sid(another_sid()));
+            match strict.connect(&server.endpoint) {
+                Err(Error::Transport(TransportError::ServerRefused { sid, pid, endpoint, .. })) => {
+                    assert_eq!((sid, pid), (Some(own_sid()), Some(std::process::id())));
+                    assert_eq!(endpoint, server.endpoint.to_string());
+                }
+                other => panic!("expected ServerRefused, got {:?}", other.map(|_| ())),
+            }
+            c.close("done").unwrap();
+        });
+    }
+
+    /// `max_instances` 2 with two clients in: a third finds the pipe busy
+    /// and times out with `PipeBusy` naming the pipe; one waiting longer
+    /// gets in once one of the two leaves; the loop keeps serving.
+    #[test]
+    fn max_instances_busy_then_freed() {
+        bounded("max_instances_busy_then_freed", || {
+            let dir = tmp();
+            let server = mio_server(endpoint(Transport::Pipe, &dir), with_max_instances(2), None);
+            let ep = server.endpoint.clone();
+            let a = Client::connect(&ep).unwrap();
+            let mut b = Client::connect(&ep).unwrap();
+            let timeout = Duration::from_millis(300);
+            match Client::builder().connect_timeout(timeout).connect(&ep) {
+                Err(Error::Transport(TransportError::PipeBusy { pipe, waited })) => {
+                    let Endpoint::Pipe(name) = &ep else { unreachable!() };
+                    assert_eq!(&pipe, name);
+                    assert!(waited >= timeout, "{waited:?}");
+                }
+                other => panic!("a third client: expected PipeBusy, got {:?}", other.map(|_| ())),
+            }
+            let waiting = wait_in_line(&ep);
+            a.close("making room").unwrap();
+            let mut c = waiting.join().unwrap().expect("the waiting client gets in");
+            assert_eq!(c.call_raw("echo", Bytes::from_static(b"c")).unwrap(), &b"c"[..]);
+            assert_eq!(b.call_raw("echo", Bytes::from_static(b"b")).unwrap(), &b"b"[..]);
+        });
+    }
+
+    /// The mio-loop server restarts while a blocking client waits on its
+    /// busy pipe: the client keeps trying through the gap and is served by
+    /// the new loop.
+    #[test]
+    fn server_restart_while_a_client_waits() {
+        bounded("server_restart_while_a_client_waits", || {
+            let dir = tmp();
+            let old = mio_server(endpoint(Transport::Pipe, &dir), with_max_instances(1), None);
+            let ep = old.endpoint.clone();
+            let holder = Client::connect(&ep).unwrap();
+            let waiting = wait_in_line(&ep);
+            old.command(Command::Shutdown("restarting", None));
+            drop(holder);
+            old.join();
+            // A real gap: the pipe is gone (no instance left), and stays
+            // gone longer than the client's longest pause between attempts.
+            let Endpoint::Pipe(name) = &ep else { unreachable!() };
+            wait_until("the old pipe to be gone", || {
+                wharf::transport::open_pipe_client(name).map_err(|e| e.kind()).err()
+                    == Some(std::io::ErrorKind::NotFound)
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!waiting.is_finished(), "the waiting client gave up when the pipe went away");
+            let new = mio_server(ep.clone(), with_max_instances(1), None);
+            let mut c = waiting.join().unwrap().expect("the waiting client reaches the new server");
+            assert_eq!(c.call_raw("echo", Bytes::from_static(b"new")).unwrap(), &b"new"[..]);
+            assert_eq!(new.seen.connected.load(Ordering::SeqCst), 1);
+        });
+    }
 }
 
 cases!(Unix, cfg(unix));

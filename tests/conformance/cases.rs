@@ -1098,9 +1098,16 @@ pub async fn peer_credentials_seen_by_server(env: &Env) {
             }
         }
         Transport::Pipe => {
-            // The kernel reports the process at each end of a pipe.
+            // The kernel reports the process at each end of a pipe, and
+            // each end reads the other's token user SID: ours, both ways.
             assert_eq!(ctx_peer.pid, Some(std::process::id()), "{ctx_peer:?}");
             assert_eq!(client.peer().pid, Some(std::process::id()));
+            #[cfg(windows)]
+            {
+                let own = wharf::transport::current_user_sid().expect("our own SID");
+                assert_eq!(ctx_peer.sid, Some(own), "{ctx_peer:?}");
+                assert_eq!(client.peer().sid, Some(own), "{:?}", client.peer());
+            }
         }
         Transport::Tcp => {
             let addr = ctx_peer.addr.expect("a TCP peer has an address");
@@ -1937,4 +1944,195 @@ pub async fn reconnecting_client_gives_up_after_max_attempts(env: &Env) {
     let end = env.within(WAIT, "the subscription to end", sub.next()).await;
     assert!(matches!(end, Some(Err(Error::ReconnectGaveUp { .. }))), "{end:?}");
     assert!(sub.next().await.is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Windows named pipes: identity (X13), bounded instances (X14), churn (S10)
+// ---------------------------------------------------------------------------
+
+/// A SID that is neither ours nor LocalSystem.
+#[cfg(windows)]
+fn another_sid() -> wharf::Sid {
+    "S-1-5-21-1-2-3-4242".parse().expect("a valid SID")
+}
+
+/// Pipe options allowing `n` instances (connected clients plus the one
+/// waiting).
+#[cfg(windows)]
+fn max_instances(n: usize) -> wharf::BindOptions {
+    wharf::BindOptions { pipe: wharf::PipeOptions { max_instances: n }, ..Default::default() }
+}
+
+/// A client connecting to `ep` (20 s allowed) in a task of its own,
+/// checked to be still waiting a moment later: every instance is taken.
+#[cfg(windows)]
+async fn wait_in_line(env: &Env, ep: &Endpoint) -> Task<Result<Client, Error>> {
+    let (builder, ep2) = (env.client().connect_timeout(Duration::from_secs(20)), ep.clone());
+    let waiting = env.spawn_client(async move { builder.connect(&ep2).await });
+    env.sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a client got into {ep} while every instance was taken");
+    waiting
+}
+
+/// The peer policy judges a pipe client by the user SID of its token, at
+/// accept, before a frame is read: a policy naming only another SID closes
+/// it before its HELLO reaches the auth hook (counted in `refused_peers`);
+/// an allow-list naming our SID admits it, and the auth hook then sees
+/// that SID.
+#[cfg(windows)]
+pub async fn pipe_peer_policy_judges_the_clients_sid_before_its_hello(env: &Env) {
+    use wharf::PeerPolicy;
+    let own = wharf::transport::current_user_sid().expect("our own SID");
+    let hellos: Watch<Vec<PeerIdentity>> = Watch::new(Vec::new());
+    let make = |policy: PeerPolicy| {
+        let hellos = hellos.clone();
+        move || {
+            let hellos = hellos.clone();
+            env.server().router(basic_router()).peer_policy(policy.clone()).auth(move |req: AuthRequest| {
+                hellos.update(|v| v.push(req.peer));
+                async move { Ok(()) }
+            })
+        }
+    };
+    let (server, ep) = env.bind(make(PeerPolicy::allow_list().allow_sid(another_sid()))).await;
+    let refused = env.client().connect(&ep).await;
+    assert!(refused.is_err(), "a client the policy refuses connected: {:?}", refused.map(|_| ()));
+    eventually(env, "the refusal to be counted", || server.refused_peers() == 1).await;
+    assert!(hellos.get().is_empty(), "the refused client's HELLO reached the auth hook");
+    assert_eq!(server.connection_count(), 0);
+
+    let (server, ep) = env.bind(make(PeerPolicy::allow_list().allow_sid(own))).await;
+    let client = env.connect(&ep).await;
+    echo_ok(&client, "admitted by SID").await;
+    assert_eq!(server.refused_peers(), 0);
+    let seen = hellos.get();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].sid, seen[0].pid), (Some(own), Some(std::process::id())), "{seen:?}");
+}
+
+/// A client checks the server's SID before it sends anything: by default
+/// our own user's server passes; a server policy naming only another SID
+/// leaves it with `ServerRefused` naming the pipe, the server's pid and
+/// SID, and the server never sees a HELLO; one naming our SID passes.
+#[cfg(windows)]
+pub async fn pipe_client_verifies_the_servers_sid(env: &Env) {
+    use wharf::PeerPolicy;
+    let own = wharf::transport::current_user_sid().expect("our own SID");
+    let hellos = Watch::new(0usize);
+    let (server, ep) = env
+        .bind(|| {
+            let hellos = hellos.clone();
+            env.server().router(basic_router()).auth(move |_req: AuthRequest| {
+                hellos.incr();
+                async move { Ok(()) }
+            })
+        })
+        .await;
+    let strict = env.client().server_policy(PeerPolicy::allow_list().allow_sid(another_sid()));
+    match &*transport_error(strict.connect(&ep).await) {
+        TransportError::ServerRefused { endpoint, pid, sid, .. } => {
+            assert_eq!(endpoint, &ep.to_string());
+            assert_eq!((*pid, *sid), (Some(std::process::id()), Some(own)));
+        }
+        other => panic!("expected ServerRefused, got {other:?}"),
+    }
+    let client = env.client().server_policy(PeerPolicy::allow_list().allow_sid(own)).connect(&ep).await;
+    echo_ok(&client.expect("a server running as our SID is trusted"), "trusted").await;
+    let default = env.connect(&ep).await;
+    assert_eq!(default.peer().sid, Some(own));
+    echo_ok(&default, "trusted by default").await;
+    assert_eq!(hellos.get(), 2, "the refused client sent a HELLO");
+    assert_eq!(server.refused_peers(), 0);
+}
+
+/// `max_instances` out of range is a typed error at bind, naming the pipe.
+/// With `max_instances` 2 and two clients connected, the server holds no
+/// instance for a third: it finds the pipe busy, retries until its
+/// connect timeout and fails with `PipeBusy` naming the pipe (a timeout),
+/// while the two keep being served.
+#[cfg(windows)]
+pub async fn pipe_busy_client_times_out_naming_the_pipe(env: &Env) {
+    for bad in [0, 255] {
+        match &*transport_error(env.server().bind_options(max_instances(bad)).bind(env.endpoint()).await) {
+            TransportError::InvalidPipeInstances { requested, .. } => assert_eq!(*requested, bad),
+            other => panic!("max_instances {bad}: expected InvalidPipeInstances, got {other:?}"),
+        }
+    }
+    let (_server, ep) = env.bind(|| env.server().router(basic_router()).bind_options(max_instances(2))).await;
+    let a = env.connect(&ep).await;
+    let b = env.connect(&ep).await;
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let e = transport_error(env.client().connect_timeout(timeout).connect(&ep).await);
+    match &*e {
+        TransportError::PipeBusy { pipe, waited } => {
+            let Endpoint::Pipe(name) = &ep else { unreachable!("a pipe case") };
+            assert_eq!(pipe, name);
+            assert!(*waited >= timeout, "gave up after {waited:?}");
+        }
+        other => panic!("a third client: expected PipeBusy, got {other:?}"),
+    }
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(started.elapsed() >= timeout);
+    echo_ok(&a, "a still served").await;
+    echo_ok(&b, "b still served").await;
+}
+
+/// With `max_instances` 2 taken, a third client waits (busy, retrying);
+/// when one of the two leaves, the server creates an instance again and
+/// the waiting client gets in within its deadline; everyone is served.
+#[cfg(windows)]
+pub async fn pipe_busy_client_gets_in_when_an_instance_frees(env: &Env) {
+    let (server, ep) = env.bind(|| env.server().router(basic_router()).bind_options(max_instances(2))).await;
+    let a = env.connect(&ep).await;
+    let b = env.connect(&ep).await;
+    let waiting = wait_in_line(env, &ep).await;
+    assert_eq!(server.connection_count(), 2);
+    a.close("making room").await;
+    let c = env.within(WAIT, "the waiting client to get in", waiting.join()).await.expect("the waiting client");
+    echo_ok(&c, "c").await;
+    echo_ok(&b, "b").await;
+    assert_eq!(server.connection_count(), 2);
+}
+
+/// A server restart while clients wait: the only instance is taken, two
+/// clients wait on the busy pipe; the server shuts down (the pipe is gone
+/// for a moment) and a new one binds the name. The waiting clients,
+/// having seen the pipe busy, keep trying through the gap and connect to
+/// the new server within their deadline.
+#[cfg(windows)]
+pub async fn pipe_server_restart_while_clients_wait(env: &Env) {
+    let make = |name: &'static str, instances: usize| {
+        move || {
+            let router = basic_router().unary("who", move |(): (), _: Context| async move { Ok::<_, Error>(name) });
+            env.server().router(router).bind_options(max_instances(instances))
+        }
+    };
+    let (old, ep) = env.bind(make("old", 1)).await;
+    let holder = env.connect(&ep).await;
+    assert_eq!(holder.call::<_, String>("who", &()).await.unwrap(), "old");
+    let waiting = [wait_in_line(env, &ep).await, wait_in_line(env, &ep).await];
+    env.within(WAIT, "the old server to shut down", old.shutdown("restarting", None)).await;
+    drop(old);
+    // A real gap: the pipe is gone (no instance left), and stays gone
+    // longer than a waiting client's longest pause between attempts.
+    let Endpoint::Pipe(name) = &ep else { unreachable!("a pipe case") };
+    env.within(WAIT, "the old pipe to be gone", async {
+        while wharf::transport::open_pipe_client(name).map_err(|e| e.kind()).err() != Some(std::io::ErrorKind::NotFound)
+        {
+            env.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    env.sleep(Duration::from_millis(200)).await;
+    assert!(waiting.iter().all(|t| !t.is_finished()), "a waiting client gave up when the pipe went away");
+    let new = make("new", 2)().bind(&ep).await.expect("binding the free name again");
+    // Both waiting clients get in (two instances now) and are served by
+    // the new server.
+    for task in waiting {
+        let client = env.within(WAIT, "a waiting client to connect", task.join()).await.expect("connects");
+        assert_eq!(client.call::<_, String>("who", &()).await.unwrap(), "new");
+        client.close("done").await;
+    }
+    drop(new);
 }

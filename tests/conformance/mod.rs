@@ -239,13 +239,14 @@ impl Env {
 
     /// Runs `future` on the runtime; the handle's `join` gives its output.
     pub fn spawn<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> Task<T> {
-        let cell = Watch::new(TaskState::Running);
-        let mut guard = TaskGuard { cell: cell.clone(), done: false };
-        self.backend.runtime.spawn(Box::pin(async move {
-            let v = future.await;
-            guard.finish(v);
-        }));
-        Task { cell }
+        spawn_on(&self.backend, future)
+    }
+
+    /// Runs `future` on the clients' runtime (another one in a
+    /// cross-runtime pair): for client work such as connecting, which a
+    /// runtime's network may do only on its own runtime.
+    pub fn spawn_client<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> Task<T> {
+        spawn_on(&self.client_backend, future)
     }
 
     /// Starts this test binary again as a peer process running `role` (see
@@ -274,6 +275,17 @@ impl Env {
         });
         Peer { child, lines, killed: false }
     }
+}
+
+/// Runs `future` on `backend`'s runtime; the handle's `join` gives its output.
+fn spawn_on<T: Send + 'static>(backend: &Backend, future: impl Future<Output = T> + Send + 'static) -> Task<T> {
+    let cell = Watch::new(TaskState::Running);
+    let mut guard = TaskGuard { cell: cell.clone(), done: false };
+    backend.runtime.spawn(Box::pin(async move {
+        let v = future.await;
+        guard.finish(v);
+    }));
+    Task { cell }
 }
 
 /// A fresh 0700 directory under /tmp, short enough for any socket name.
@@ -589,6 +601,19 @@ macro_rules! conformance {
             max_connections_per_user_rejects_a_users_extra_clients,
             aborted_client_reported_to_on_disconnect,
             server_abort_ends_every_connection,
+        );
+    };
+    (@transport $adapter:ty, Pipe) => {
+        $crate::conformance_cases!(
+            $adapter,
+            Pipe;
+            aborted_client_reported_to_on_disconnect,
+            server_abort_ends_every_connection,
+            pipe_peer_policy_judges_the_clients_sid_before_its_hello,
+            pipe_client_verifies_the_servers_sid,
+            pipe_busy_client_times_out_naming_the_pipe,
+            pipe_busy_client_gets_in_when_an_instance_frees,
+            pipe_server_restart_while_clients_wait,
         );
     };
     (@transport $adapter:ty, $other:ident) => {

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wharf_transport::{Endpoint, PeerIdentity, TcpOptions, UnixBindOptions};
+use wharf_transport::{Endpoint, PeerIdentity, PipeOptions, TcpOptions, UnixBindOptions};
 
 use crate::error::Error;
 use crate::io::{ByteListener, ByteStream};
@@ -50,6 +50,9 @@ pub struct BindOptions {
     pub unix: UnixBindOptions,
     /// TCP: whether non-loopback addresses are allowed.
     pub tcp: TcpOptions,
+    /// Windows named pipes: how many instances (connected clients plus
+    /// the one waiting) the pipe may have (default 254).
+    pub pipe: PipeOptions,
 }
 
 /// Anything that names an endpoint: an [`Endpoint`], or a string in its

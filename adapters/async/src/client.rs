@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wharf_core::{Config, Connection, Text};
-use wharf_transport::{Endpoint, PeerIdentity, PipeRetry, TransportError};
+use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy, PipeRetry, TransportError};
 
 use crate::api::{Client, Session};
 use crate::backend::{Backend, IntoEndpoint};
@@ -26,6 +26,7 @@ pub struct ClientBuilder {
     codec: Codec,
     sub_queue: usize,
     connect_timeout: Duration,
+    server_policy: Option<PeerPolicy>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -45,6 +46,7 @@ impl ClientBuilder {
             codec: Codec::default(),
             sub_queue: 1024,
             connect_timeout: Duration::from_secs(10),
+            server_policy: None,
         }
     }
 
@@ -95,6 +97,27 @@ impl ClientBuilder {
         self
     }
 
+    /// Which servers this client trusts, judged on the kernel's identity
+    /// of the server process when the connection is made, before anything
+    /// is sent (like a server's [peer policy](crate::ServerBuilder::peer_policy)
+    /// judges its clients). A server that does not pass is left at once
+    /// with [`TransportError::ServerRefused`] naming the endpoint and the
+    /// server's pid and SID (or uid).
+    ///
+    /// Default (no policy set): a **named-pipe** server must run as this
+    /// process's own user or as LocalSystem (a server whose SID cannot be
+    /// read is refused), because any local user can create a pipe name;
+    /// **Unix-socket** servers are not judged (the directory the socket
+    /// lives in says who could create it, and servers of other users are
+    /// ordinary); TCP is never judged. Set a policy to trust a server of
+    /// another account (`PeerPolicy::allow_list().allow_sid(sid)`), to
+    /// judge Unix servers too, or, deliberately, to trust any
+    /// ([`PeerPolicy::any`]). See [`wharf_transport::check_server`].
+    pub fn server_policy(mut self, policy: PeerPolicy) -> Self {
+        self.server_policy = Some(policy);
+        self
+    }
+
     /// Connects to `endpoint` and completes the handshake.
     pub async fn connect(self, endpoint: impl IntoEndpoint) -> Result<Client, Error> {
         let endpoint = endpoint.into_endpoint()?;
@@ -119,7 +142,10 @@ impl ClientBuilder {
         Ok(ReconnectingClient::start(parts, endpoint, policy, first))
     }
 
-    /// Runs the protocol over an already connected stream.
+    /// Runs the protocol over an already connected stream. No
+    /// [server policy](Self::server_policy) is applied (there is no
+    /// endpoint): judge `peer` with [`wharf_transport::check_server`]
+    /// first if the stream could lead to an untrusted server.
     pub async fn connect_stream(self, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> Result<Client, Error> {
         self.into_parts().connect_stream(stream, peer).await
     }
@@ -133,6 +159,7 @@ impl ClientBuilder {
             codec: self.codec,
             sub_queue: self.sub_queue,
             connect_timeout: self.connect_timeout,
+            server_policy: self.server_policy,
         }
     }
 }
@@ -146,6 +173,7 @@ pub(crate) struct ConnectParts {
     pub(crate) codec: Codec,
     sub_queue: usize,
     connect_timeout: Duration,
+    server_policy: Option<PeerPolicy>,
 }
 
 impl ConnectParts {
@@ -180,6 +208,12 @@ impl ConnectParts {
                 other => break other?,
             }
         };
+        // Before a byte is sent: is this a server we trust?
+        if let Err(e) = wharf_transport::check_server(self.server_policy.as_ref(), endpoint, &peer) {
+            tracing::debug!(%endpoint, pid = ?peer.pid, uid = ?peer.uid, sid = ?peer.sid, "wharf: server refused");
+            drop(stream);
+            return Err(e.into());
+        }
         self.connect_stream(stream, peer).await
     }
 

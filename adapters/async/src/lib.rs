@@ -52,4 +52,4 @@ pub use wharf_core::broker::{BrokerConfig, BrokerStats, PublishReport};
 pub use wharf_core::{
     CallKind, CallOptions, Code, Config, ConnectionError, Metadata, SlowConsumerPolicy, SubscribeOptions, Timeout,
 };
-pub use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy, TcpOptions, UnixBindOptions};
+pub use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy, PipeOptions, Sid, TcpOptions, UnixBindOptions};

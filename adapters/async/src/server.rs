@@ -310,7 +310,7 @@ impl ServerShared {
     fn admit(self: &Arc<Self>, stream: Box<dyn ByteStream>, peer: PeerIdentity) -> bool {
         if let Err(e) = self.peer_policy.check(&self.endpoint, &peer) {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, error = %e, "wharf: peer refused at accept");
+            tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, sid = ?peer.sid, error = %e, "wharf: peer refused at accept");
             drop(stream);
             return false;
         }
@@ -606,14 +606,15 @@ impl ServerBuilder {
         self
     }
 
-    /// Which local users may connect to a Unix socket, judged on the
-    /// kernel's credentials at accept time, before any frame is read: a
-    /// refused peer is closed at once, without a handshake (counted in
+    /// Which local users may connect, judged on the kernel's identity of
+    /// the peer at accept time, before any frame is read: a refused peer
+    /// is closed at once, without a handshake (counted in
     /// [`Server::refused_peers`]). Default [`PeerPolicy::default`]: the
-    /// server's own uid, or root. Independent of the socket file's mode
-    /// ([`bind_options`](Self::bind_options)): another user needs both.
-    /// Not applied to TCP (no uid) or named pipes (their security
-    /// descriptor decides).
+    /// server's own uid or root on a Unix socket; on a named pipe, the
+    /// server's own user SID or LocalSystem (a client whose SID cannot be
+    /// read is refused). Independent of the socket file's mode or the
+    /// pipe's security descriptor ([`bind_options`](Self::bind_options)):
+    /// another user needs both. Not applied to TCP (no uid).
     pub fn peer_policy(mut self, policy: PeerPolicy) -> Self {
         self.peer_policy = policy;
         self
@@ -732,9 +733,12 @@ async fn accept_loop(shared: Arc<ServerShared>, mut listener: Box<dyn ByteListen
                 }
             }
             Some(Err(e)) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, endpoint = %shared.endpoint, "wharf: accept failed; backing off");
-                let at = shared.backend.runtime.now() + Duration::from_millis(50);
+                // EMFILE and friends: back off instead of spinning; every
+                // pipe instance in use (max_instances): wait for one to be
+                // freed (clients meanwhile find the pipe busy and retry
+                // within their deadline).
+                let pause = wharf_transport::accept_pause(&shared.endpoint, &e);
+                let at = shared.backend.runtime.now() + pause;
                 let mut timer = shared.backend.runtime.timer(at);
                 std::future::poll_fn(|cx| timer.as_mut().poll_fire(cx)).await;
             }

@@ -14,7 +14,7 @@ use wharf_core::{
     CallOptions, Code, Config, Connected, Connection, ConnectionError, Event, SendError, SlowConsumerPolicy,
     SubscribeOptions, SubscriptionId, Text, Timeout,
 };
-use wharf_transport::{Endpoint, PeerIdentity};
+use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
 use crate::conn::Conn;
 use crate::error::Error;
@@ -90,6 +90,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     call_timeout: Duration,
     max_queued: usize,
+    server_policy: Option<PeerPolicy>,
 }
 
 impl Default for ClientBuilder {
@@ -108,6 +109,7 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(25),
             max_queued: 1024,
+            server_policy: None,
         }
     }
 
@@ -144,12 +146,31 @@ impl ClientBuilder {
         self
     }
 
+    /// Which servers this client trusts, judged on the kernel's identity
+    /// of the server process when the connection is made, before anything
+    /// is sent. A server that does not pass is left at once with
+    /// [`TransportError::ServerRefused`](wharf_transport::TransportError::ServerRefused)
+    /// naming the endpoint and the server's pid and SID (or uid).
+    ///
+    /// Default (no policy set): a **named-pipe** server must run as this
+    /// process's own user or as LocalSystem (one whose SID cannot be read
+    /// is refused), because any local user can create a pipe name;
+    /// **Unix-socket** servers are not judged (the socket's directory says
+    /// who could create it); TCP is never judged. See
+    /// [`wharf_transport::check_server`].
+    pub fn server_policy(mut self, policy: PeerPolicy) -> Self {
+        self.server_policy = Some(policy);
+        self
+    }
+
     /// Connects to `endpoint` and completes the handshake, within the
     /// connect timeout.
     pub fn connect(self, endpoint: &Endpoint) -> Result<Client, Error> {
         let start = Instant::now();
         let deadline = start + self.connect_timeout;
         let (stream, peer) = Stream::connect(endpoint, self.connect_timeout)?;
+        // Before a byte is sent: is this a server we trust?
+        wharf_transport::check_server(self.server_policy.as_ref(), endpoint, &peer)?;
         let config = Arc::new(self.config);
         let core = Connection::client(config, self.auth, Instant::now())?;
         let poll = Poll::new().map_err(|e| Error::io("create a mio poll", e))?;
@@ -233,7 +254,9 @@ impl Client {
         self.connected.as_ref()
     }
 
-    /// The server's identity as the OS reported it.
+    /// The server's identity as the OS reported it when connecting (on a
+    /// named pipe: its pid and token user SID, judged by the
+    /// [server policy](ClientBuilder::server_policy)).
     pub fn server_identity(&self) -> &PeerIdentity {
         self.conn.peer()
     }

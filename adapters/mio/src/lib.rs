@@ -75,4 +75,4 @@ pub use net::{BindOptions, Listener, Stream};
 pub use server::{AuthRequest, Server, ServerEvent, ServerOptions};
 pub use wharf_core as core;
 pub use wharf_core::AuthReject;
-pub use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
+pub use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy, PipeOptions, Sid};

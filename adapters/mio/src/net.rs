@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
-use wharf_transport::{Endpoint, PeerIdentity, TcpOptions, TransportError};
+use wharf_transport::{Endpoint, PeerIdentity, PipeOptions, TcpOptions, TransportError};
 #[cfg(unix)]
 use wharf_transport::{SocketFileGuard, UnixBindOptions};
 
@@ -197,6 +197,9 @@ pub struct BindOptions {
     pub unix: UnixBindOptions,
     /// TCP: whether non-loopback addresses are allowed.
     pub tcp: TcpOptions,
+    /// Windows named pipes: how many instances (connected clients plus
+    /// the one waiting) the pipe may have (default 254).
+    pub pipe: PipeOptions,
 }
 
 /// A listener: a Unix socket, a TCP socket, or a named pipe server that
@@ -239,7 +242,7 @@ impl Listener {
                 Kind::Tcp(mio::net::TcpListener::from_std(l))
             }
             #[cfg(windows)]
-            Endpoint::Pipe(name) => Kind::Pipe(windows::PipeListener::bind(name)?),
+            Endpoint::Pipe(name) => Kind::Pipe(windows::PipeListener::bind(name, &options.pipe)?),
             #[allow(unreachable_patterns)]
             other => return Err(other.unsupported()),
         };
@@ -292,6 +295,14 @@ impl Listener {
     /// No [`PeerPolicy`](wharf_transport::PeerPolicy) is applied here (the
     /// [`Server`](crate::Server) applies its own): check the returned
     /// identity with `PeerPolicy::check` before reading from the stream.
+    ///
+    /// A named pipe whose `max_instances` are all in use has no instance
+    /// waiting: this then fails with
+    /// [`TransportError::PipeFull`](wharf_transport::TransportError::PipeFull)
+    /// (inside the `io::Error`; see `TransportError::from_io`), and no
+    /// event comes for the listener's token until it is called again
+    /// after one is freed: wait ([`wharf_transport::accept_pause`], as the
+    /// [`Server`](crate::Server) does) and call it again.
     pub fn accept(&mut self, registry: &Registry, token: Token) -> io::Result<Option<(Stream, PeerIdentity)>> {
         let (mut stream, peer) = match &mut self.kind {
             #[cfg(unix)]
@@ -333,7 +344,7 @@ mod windows {
     use mio::event::Source;
     use mio::windows::NamedPipe;
     use mio::{Registry, Token};
-    use wharf_transport::{PeerIdentity, PipeRetry, TransportError};
+    use wharf_transport::{PeerIdentity, PipeOptions, PipeRetry, TransportError};
 
     use super::{BOTH, Stream};
 
@@ -356,36 +367,33 @@ mod windows {
                     let peer = wharf_transport::pipe_server_identity(&pipe).unwrap_or_default();
                     return Ok((Stream::Pipe(pipe), peer));
                 }
-                Err(e) if e.raw_os_error() == Some(wharf_transport::ERROR_PIPE_BUSY) => {
-                    match retry.next_delay(Instant::now()) {
-                        Some(pause) => std::thread::sleep(pause),
-                        None => {
-                            return Err(TransportError::PipeBusy {
-                                pipe: name.to_string(),
-                                waited: retry.waited(Instant::now()),
-                            });
-                        }
-                    }
-                }
-                Err(e) => return Err(wharf_transport::connect_error::pipe(name, e)),
+                Err(e) => std::thread::sleep(retry.after_open_error(name, e, Instant::now())?),
             }
         }
     }
 
     /// A pipe server: one instance always waits for the next client; it is
     /// registered under the listener's token until a client connects, then
-    /// re-registered under the connection's token.
+    /// re-registered under the connection's token. While `max_instances`
+    /// are in use there is none waiting, and `accept` reports
+    /// [`TransportError::PipeFull`] until one is freed.
     #[derive(Debug)]
     pub(super) struct PipeListener {
         name: String,
+        options: PipeOptions,
         waiting: Option<NamedPipe>,
         token: Option<Token>,
     }
 
     impl PipeListener {
-        pub(super) fn bind(name: &str) -> Result<PipeListener, TransportError> {
-            let first = wharf_transport::create_pipe_instance(name, true)?;
-            Ok(PipeListener { name: name.to_string(), waiting: Some(into_mio(first)), token: None })
+        pub(super) fn bind(name: &str, options: &PipeOptions) -> Result<PipeListener, TransportError> {
+            let first = wharf_transport::create_pipe_instance(name, true, options)?;
+            Ok(PipeListener {
+                name: name.to_string(),
+                options: options.clone(),
+                waiting: Some(into_mio(first)),
+                token: None,
+            })
         }
 
         fn io(&self, e: io::Error) -> io::Error {
@@ -396,7 +404,8 @@ mod windows {
         fn arm(&mut self, registry: &Registry) -> io::Result<()> {
             let Some(token) = self.token else { return Ok(()) };
             if self.waiting.is_none() {
-                let next = wharf_transport::create_pipe_instance(&self.name, false).map_err(io::Error::from)?;
+                let next =
+                    wharf_transport::create_pipe_instance(&self.name, false, &self.options).map_err(io::Error::from)?;
                 self.waiting = Some(into_mio(next));
             }
             let pipe = self.waiting.as_mut().expect("an instance is waiting");
@@ -448,7 +457,8 @@ mod windows {
                 let mut connected = self.waiting.take().expect("an instance was waiting");
                 connected.reregister(registry, token, BOTH)?;
                 if let Err(e) = self.arm(registry) {
-                    tracing::warn!(error = %e, pipe = %self.name, "wharf: creating the next pipe instance failed; retrying on accept");
+                    // At the instance limit, or a failure: the next accept tries again.
+                    tracing::debug!(error = %e, pipe = %self.name, "wharf: no next pipe instance yet");
                 }
                 let peer = wharf_transport::pipe_client_identity(&connected).unwrap_or_default();
                 return Ok(Some((connected, peer)));

@@ -20,10 +20,6 @@ use crate::conn::Conn;
 use crate::error::Error;
 use crate::net::{BindOptions, Listener};
 
-/// How long accepting pauses after the OS refused to give us a descriptor
-/// (EMFILE and the like), instead of spinning on the listener.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// Drives of one connection in one turn of [`Server::poll_event`]: the
 /// first reads; each further one writes the answers to the events the
 /// previous one produced (and reads on). A connection that keeps producing
@@ -85,12 +81,15 @@ pub struct ServerOptions {
     /// user and root). Set it when `peer_policy` lets other users in.
     /// Peers without a uid (TCP, named pipes) are not counted.
     pub max_connections_per_user: usize,
-    /// Which local users may connect to a Unix socket, judged on the
-    /// kernel's credentials at accept time, before any frame is read: a
-    /// refused peer is closed at once, without a handshake (counted in
-    /// [`Server::refused_peers`]). Default: the server's own uid, or root.
-    /// Independent of the socket file's mode (`bind`): another user needs
-    /// both. Not applied to TCP (no uid) or named pipes.
+    /// Which local users may connect, judged on the kernel's identity of
+    /// the peer at accept time, before any frame is read: a refused peer
+    /// is closed at once, without a handshake (counted in
+    /// [`Server::refused_peers`]). Default: the server's own uid or root
+    /// on a Unix socket; on a named pipe, the server's own user SID or
+    /// LocalSystem (a client whose SID cannot be read is refused).
+    /// Independent of the socket file's mode or the pipe's security
+    /// descriptor (`bind`): another user needs both. Not applied to TCP
+    /// (no uid).
     pub peer_policy: PeerPolicy,
 }
 
@@ -737,7 +736,7 @@ impl Server {
                         let _ = registry.deregister(&mut stream);
                         drop(stream);
                         self.free.push(token.0);
-                        tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, error = %e, "wharf: peer refused at accept");
+                        tracing::debug!(uid = ?peer.uid, gid = ?peer.gid, pid = ?peer.pid, sid = ?peer.sid, error = %e, "wharf: peer refused at accept");
                         continue;
                     }
                     let id = self.next_id;
@@ -785,10 +784,12 @@ impl Server {
                 }
                 Err(e) => {
                     // EMFILE and friends: pause instead of spinning on a
-                    // listener that stays ready.
+                    // listener that stays ready; every pipe instance in use
+                    // (max_instances): try again until one is freed
+                    // (clients meanwhile find the pipe busy).
                     self.free.push(token.0);
-                    tracing::warn!(error = %e, endpoint = %self.endpoint, "wharf: accept failed; pausing accepts");
-                    self.accept_paused = Some(now + ACCEPT_BACKOFF);
+                    let pause = wharf_transport::accept_pause(&self.endpoint, &e);
+                    self.accept_paused = Some(now + pause);
                     return;
                 }
             }

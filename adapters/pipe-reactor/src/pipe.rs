@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
-use wharf_transport::{PeerIdentity, PipeRetry, TransportError};
+use wharf_transport::{PeerIdentity, PipeOptions, PipeRetry, TransportError};
 
 use crate::reactor::{Direction, Registered};
 
@@ -102,21 +102,26 @@ impl AsyncWrite for PipeStream {
 /// A named-pipe server: always one instance waiting for the next client.
 /// The first is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, remote
 /// clients are rejected, and the next instance is created before a
-/// connected one is handed off, so a client never finds none.
+/// connected one is handed off, so a client never finds none, unless
+/// `max_instances` are in use: then accepting reports
+/// [`TransportError::PipeFull`] until one is freed (try again later;
+/// clients meanwhile find the pipe busy).
 #[derive(Debug)]
 pub struct PipeListener {
     name: String,
+    options: PipeOptions,
     /// The instance waiting for a client; `None` after creating the next
     /// one failed (retried on the next accept).
     waiting: Option<Registered>,
 }
 
 impl PipeListener {
-    /// Creates the first instance of pipe `name` (`\\.\pipe\...`).
-    pub fn bind(name: &str) -> Result<PipeListener, TransportError> {
-        let first = wharf_transport::create_pipe_instance(name, true)?;
+    /// Creates the first instance of pipe `name` (`\\.\pipe\...`), which
+    /// fixes how many instances the pipe may have.
+    pub fn bind(name: &str, options: &PipeOptions) -> Result<PipeListener, TransportError> {
+        let first = wharf_transport::create_pipe_instance(name, true, options)?;
         let waiting = register(name, first)?;
-        Ok(PipeListener { name: name.to_string(), waiting: Some(waiting) })
+        Ok(PipeListener { name: name.to_string(), options: options.clone(), waiting: Some(waiting) })
     }
 
     /// The pipe's name.
@@ -125,10 +130,10 @@ impl PipeListener {
     }
 
     fn next_instance(&self) -> Result<Registered, TransportError> {
-        register(&self.name, wharf_transport::create_pipe_instance(&self.name, false)?)
+        register(&self.name, wharf_transport::create_pipe_instance(&self.name, false, &self.options)?)
     }
 
-    /// Polls for the next client, reporting its process id.
+    /// Polls for the next client, reporting its process id and user SID.
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(PipeStream, PeerIdentity)>> {
         loop {
             if self.waiting.is_none() {
@@ -153,9 +158,8 @@ impl PipeListener {
             let connected = self.waiting.take().expect("an instance was waiting");
             match self.next_instance() {
                 Ok(next) => self.waiting = Some(next),
-                Err(e) => {
-                    tracing::warn!(error = %e, "wharf: creating the next pipe instance failed; retrying on accept")
-                }
+                // At the instance limit, or a failure: the next accept tries again.
+                Err(e) => tracing::debug!(error = %e, "wharf: no next pipe instance yet"),
             }
             let peer = wharf_transport::pipe_client_identity(connected.pipe()).unwrap_or_default();
             return Poll::Ready(Ok((PipeStream::new(connected), peer)));
@@ -175,9 +179,11 @@ fn register(name: &str, handle: std::os::windows::io::OwnedHandle) -> Result<Reg
     Registered::new(handle).map_err(|e| TransportError::io("register", format!("pipe:{name}"), e))
 }
 
-/// Connects to pipe `name`, retrying while every instance is busy until
-/// `timeout` has passed (never beyond it), pausing with `sleep` (the
-/// runtime's timer). Reports the server's process id.
+/// Connects to pipe `name`, retrying while every instance is busy (and
+/// through a moment when the pipe is missing once it was found busy: a
+/// server restarting; see `PipeRetry::after_open_error`) until `timeout`
+/// has passed, never beyond it, pausing with `sleep` (the runtime's
+/// timer). Reports the server's process id and user SID.
 pub async fn connect<S, F>(
     name: &str,
     timeout: Duration,
@@ -195,18 +201,7 @@ where
                 let peer = wharf_transport::pipe_server_identity(io.pipe()).unwrap_or_default();
                 return Ok((PipeStream::new(io), peer));
             }
-            Err(e) if e.raw_os_error() == Some(wharf_transport::ERROR_PIPE_BUSY) => {
-                match retry.next_delay(Instant::now()) {
-                    Some(pause) => sleep(pause).await,
-                    None => {
-                        return Err(TransportError::PipeBusy {
-                            pipe: name.to_string(),
-                            waited: retry.waited(Instant::now()),
-                        });
-                    }
-                }
-            }
-            Err(e) => return Err(wharf_transport::connect_error::pipe(name, e)),
+            Err(e) => sleep(retry.after_open_error(name, e, Instant::now())?).await,
         }
     }
 }

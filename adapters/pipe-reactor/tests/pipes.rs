@@ -22,7 +22,7 @@ async fn sleep(pause: Duration) {
 fn clients_talk_both_ways_and_see_pids() {
     let name = name("talk");
     smol::block_on(async {
-        let mut listener = PipeListener::bind(&name).unwrap();
+        let mut listener = PipeListener::bind(&name, &Default::default()).unwrap();
         let server = smol::spawn(async move {
             let mut sums = Vec::new();
             for _ in 0..3 {
@@ -70,7 +70,7 @@ fn clients_talk_both_ways_and_see_pids() {
 fn end_of_stream_when_the_other_end_drops() {
     let name = name("eof");
     smol::block_on(async {
-        let mut listener = PipeListener::bind(&name).unwrap();
+        let mut listener = PipeListener::bind(&name, &Default::default()).unwrap();
         let accept = smol::spawn(async move { listener.accept().await.unwrap().0 });
         let (c, _) = connect(&name, Duration::from_secs(5), sleep).await.unwrap();
         let mut s: PipeStream = accept.await;
@@ -91,7 +91,7 @@ fn busy_pipe_retried_until_the_deadline() {
     smol::block_on(async {
         // One instance, taken by the first client and never accepted: the
         // second finds every instance busy.
-        let _listener = PipeListener::bind(&name).unwrap();
+        let _listener = PipeListener::bind(&name, &Default::default()).unwrap();
         let _first = connect(&name, Duration::from_secs(5), sleep).await.unwrap();
         let start = Instant::now();
         match connect(&name, Duration::from_millis(200), sleep).await {

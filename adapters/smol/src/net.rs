@@ -250,6 +250,12 @@ impl Listener {
     }
 
     /// Waits for the next connection.
+    ///
+    /// A named pipe whose `max_instances` are all in use has no instance
+    /// for the next client: this then fails with
+    /// [`TransportError::PipeFull`]
+    /// (inside the `io::Error`; see `TransportError::from_io`) until one
+    /// is freed; wait ([`wharf_transport::accept_pause`]) and call again.
     pub async fn accept(&mut self) -> io::Result<(Stream, PeerIdentity)> {
         std::future::poll_fn(|cx| self.poll_accept_stream(cx)).await
     }
@@ -294,7 +300,7 @@ fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Transpor
         }
         Endpoint::Tcp(addr) => Kind::Tcp(Async::new(wharf_transport::bind_tcp(addr, &options.tcp)?).map_err(register)?),
         #[cfg(windows)]
-        Endpoint::Pipe(name) => Kind::Pipe(wharf_pipe_reactor::PipeListener::bind(name)?),
+        Endpoint::Pipe(name) => Kind::Pipe(wharf_pipe_reactor::PipeListener::bind(name, &options.pipe)?),
         #[allow(unreachable_patterns)]
         other => return Err(other.unsupported()),
     };

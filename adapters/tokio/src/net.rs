@@ -147,8 +147,7 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<(Stream, Peer
         }
         #[cfg(windows)]
         Endpoint::Pipe(name) => {
-            let start = std::time::Instant::now();
-            let mut retry = wharf_transport::PipeRetry::new(start, timeout);
+            let mut retry = wharf_transport::PipeRetry::new(std::time::Instant::now(), timeout);
             loop {
                 // The client opens with SECURITY_IDENTIFICATION (tokio's
                 // default), so the server cannot impersonate it.
@@ -157,19 +156,7 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<(Stream, Peer
                         let peer = wharf_transport::pipe_server_identity(&c).unwrap_or_default();
                         return Ok((Stream::PipeClient(c), peer));
                     }
-                    Err(e) if e.raw_os_error() == Some(wharf_transport::ERROR_PIPE_BUSY) => {
-                        match retry.next_delay(std::time::Instant::now()) {
-                            Some(d) => tokio::time::sleep(d).await,
-                            None => {
-                                return Err(TransportError::PipeBusy {
-                                    pipe: name.clone(),
-                                    waited: retry.waited(std::time::Instant::now()),
-                                }
-                                .into());
-                            }
-                        }
-                    }
-                    Err(e) => return Err(wharf_transport::connect_error::pipe(name, e).into()),
+                    Err(e) => tokio::time::sleep(retry.after_open_error(name, e, std::time::Instant::now())?).await,
                 }
             }
         }
@@ -224,6 +211,12 @@ impl Listener {
     /// [`PeerPolicy`](wharf_transport::PeerPolicy) is applied to a raw
     /// listener (servers apply theirs): check the identity with
     /// `PeerPolicy::check` before reading from the stream.
+    ///
+    /// A named pipe whose `max_instances` are all in use has no instance
+    /// for the next client: this then fails with
+    /// [`TransportError::PipeFull`]
+    /// (inside the `io::Error`; see `TransportError::from_io`) until one
+    /// is freed; wait ([`wharf_transport::accept_pause`]) and call again.
     pub async fn accept(&mut self) -> io::Result<(Stream, PeerIdentity)> {
         std::future::poll_fn(|cx| self.poll_accept_stream(cx)).await
     }
@@ -286,7 +279,7 @@ fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Error> {
             })?)
         }
         #[cfg(windows)]
-        Endpoint::Pipe(name) => Kind::Pipe(PipeListener::bind(name)?),
+        Endpoint::Pipe(name) => Kind::Pipe(PipeListener::bind(name, &options.pipe)?),
         #[cfg(not(windows))]
         Endpoint::Pipe(_) => return Err(endpoint.unsupported().into()),
     };
@@ -295,11 +288,17 @@ fn bind(endpoint: &Endpoint, options: &BindOptions) -> Result<Listener, Error> {
 
 /// Named-pipe server: always one instance waiting for the next client,
 /// created before the connected one is handed off (no gap in which a
-/// client would find no instance).
+/// client would find no instance), unless `max_instances` are in use:
+/// then accepting reports [`TransportError::PipeFull`] until an instance
+/// is freed (the server's accept loop waits and tries again).
 #[cfg(windows)]
 struct PipeListener {
     name: String,
-    pending: Pin<Box<dyn std::future::Future<Output = io::Result<NamedPipeServer>> + Send>>,
+    /// `nMaxInstances` (255: unlimited).
+    max_instances: u32,
+    /// The instance waiting for a client; `None` while every instance
+    /// allowed is in use.
+    pending: Option<Pin<Box<dyn std::future::Future<Output = io::Result<NamedPipeServer>> + Send>>>,
 }
 
 #[cfg(windows)]
@@ -309,36 +308,36 @@ impl std::fmt::Debug for PipeListener {
     }
 }
 
-/// Creates a pipe instance with wharf's security descriptor (full access
-/// for the current user and SYSTEM only; see
+/// Creates an instance of pipe `name` (the first one with
+/// `FILE_FLAG_FIRST_PIPE_INSTANCE`), rejecting remote clients, with at
+/// most `max_instances` instances and wharf's security descriptor (full
+/// access for the current user and SYSTEM only; see
 /// `wharf_transport::pipe_security`).
 #[cfg(windows)]
 #[allow(unsafe_code)]
-fn create_pipe(options: &mut ServerOptions, name: &str) -> io::Result<NamedPipeServer> {
+fn create_pipe(name: &str, first: bool, max_instances: u32) -> Result<NamedPipeServer, TransportError> {
+    let mut options = ServerOptions::new();
+    options.first_pipe_instance(first).reject_remote_clients(true);
+    if max_instances <= wharf_transport::MAX_PIPE_INSTANCES as u32 {
+        // tokio panics above 254; unlimited is its default.
+        options.max_instances(max_instances as usize);
+    }
     wharf_transport::with_pipe_security_attributes(|attributes| {
         // SAFETY: `attributes` points at a SECURITY_ATTRIBUTES whose
         // descriptor lives in a process-wide static; both are valid for the
         // duration of this call, which is all tokio requires.
         unsafe { options.create_with_security_attributes_raw(name, attributes) }
-    })?
+    })
+    .and_then(|r| r)
+    .map_err(|e| wharf_transport::pipe_create_error(name, first, e))
 }
 
 #[cfg(windows)]
 impl PipeListener {
-    fn bind(name: &str) -> Result<PipeListener, Error> {
-        let first = create_pipe(ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true), name)
-            .map_err(|e| {
-                match e.kind() {
-                    // FILE_FLAG_FIRST_PIPE_INSTANCE: someone else holds the name.
-                    io::ErrorKind::PermissionDenied => TransportError::PipeInUse { pipe: name.to_string() },
-                    _ => TransportError::Io {
-                        op: "create first instance of pipe",
-                        endpoint: name.to_string(),
-                        source: e,
-                    },
-                }
-            })?;
-        Ok(PipeListener { name: name.to_string(), pending: Self::wait(first) })
+    fn bind(name: &str, options: &wharf_transport::PipeOptions) -> Result<PipeListener, Error> {
+        let max_instances = options.instance_limit(name)?;
+        let first = create_pipe(name, true, max_instances)?;
+        Ok(PipeListener { name: name.to_string(), max_instances, pending: Some(Self::wait(first)) })
     }
 
     fn wait(server: NamedPipeServer) -> Pin<Box<dyn std::future::Future<Output = io::Result<NamedPipeServer>> + Send>> {
@@ -348,15 +347,30 @@ impl PipeListener {
         })
     }
 
+    /// Creates the instance the next client will connect to.
+    fn next_instance(&mut self) -> Result<(), TransportError> {
+        let next = create_pipe(&self.name, false, self.max_instances)?;
+        self.pending = Some(Self::wait(next));
+        Ok(())
+    }
+
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerIdentity)>> {
-        let connected = match self.pending.as_mut().poll(cx) {
+        if self.pending.is_none() {
+            // Every instance was in use: is one free now?
+            self.next_instance()?;
+        }
+        let pending = self.pending.as_mut().expect("an instance is waiting");
+        let connected = match pending.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => r,
         };
-        // Create the next instance before handing this one off.
-        let next = create_pipe(ServerOptions::new().reject_remote_clients(true), &self.name)?;
-        self.pending = Self::wait(next);
-        let server = connected?;
+        self.pending = None;
+        // Create the next instance before handing this one off; at the
+        // instance limit, the next accept tries again.
+        if let Err(e) = self.next_instance() {
+            tracing::debug!(error = %e, "wharf: no next pipe instance yet");
+        }
+        let server = connected.map_err(|e| TransportError::io("accept on", format!("pipe:{}", self.name), e))?;
         let peer = wharf_transport::pipe_client_identity(&server).unwrap_or_default();
         Poll::Ready(Ok((Stream::PipeServer(server), peer)))
     }

@@ -86,6 +86,23 @@ pub enum TransportError {
         /// How long we retried.
         waited: std::time::Duration,
     },
+    /// A pipe server found every instance its
+    /// [`PipeOptions::max_instances`](crate::PipeOptions::max_instances)
+    /// allows in use (`ERROR_PIPE_BUSY` creating one more): it creates the
+    /// next when one is freed, and clients wait meanwhile.
+    #[error("every instance of pipe {pipe:?} is in use (max_instances reached); waiting for one to be freed")]
+    PipeFull {
+        /// The pipe name.
+        pipe: String,
+    },
+    /// A pipe's instance limit is out of range.
+    #[error("pipe {pipe:?}: max_instances {requested} is out of range (1 to 254, or PipeOptions::UNLIMITED)")]
+    InvalidPipeInstances {
+        /// The pipe name.
+        pipe: String,
+        /// The limit asked for.
+        requested: usize,
+    },
     /// A TCP listener would be reachable from other machines.
     #[error(
         "refusing to listen on non-loopback address {addr}: TCP carries no credentials; \
@@ -119,6 +136,41 @@ pub enum TransportError {
         /// Its process id (advisory).
         pid: Option<u32>,
     },
+    /// A named-pipe client's token user SID, read from the kernel at
+    /// accept time, did not pass the server's
+    /// [`PeerPolicy`](crate::PeerPolicy); it was closed before its
+    /// handshake.
+    #[error(
+        "pipe client refused on {endpoint}: pid {pid:?}, user SID {} is not allowed by the peer policy",
+        crate::policy::sid_text(sid)
+    )]
+    PipePeerRefused {
+        /// The endpoint it connected to.
+        endpoint: String,
+        /// Its process id (advisory).
+        pid: Option<u32>,
+        /// Its user SID (`None`: it could not be read).
+        sid: Option<crate::Sid>,
+    },
+    /// The server a client reached runs as an identity the client's
+    /// server policy does not trust (see
+    /// [`check_server`](crate::check_server)); the client closed the
+    /// connection before sending anything.
+    #[error(
+        "refusing the server at {endpoint}: pid {pid:?}, uid {uid:?}, user SID {} is not an identity this client \
+         trusts (set the client's server policy to accept it)",
+        crate::policy::sid_text(sid)
+    )]
+    ServerRefused {
+        /// The endpoint.
+        endpoint: String,
+        /// The server's process id (advisory).
+        pid: Option<u32>,
+        /// The server's user id (Unix sockets).
+        uid: Option<u32>,
+        /// The server's user SID (named pipes; `None`: it could not be read).
+        sid: Option<crate::Sid>,
+    },
     /// Any other I/O failure, with the endpoint it concerns.
     #[error("{op} {endpoint}: {source}")]
     Io {
@@ -144,6 +196,13 @@ impl TransportError {
         TransportError::io("connect to", endpoint, source)
     }
 
+    /// The `TransportError` an [`io::Error`] was made from (by the
+    /// `From` conversion), if it was: lets code behind an `io::Error`
+    /// interface (a listener's `poll_accept`) tell the cases apart.
+    pub fn from_io(e: &io::Error) -> Option<&TransportError> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<TransportError>())
+    }
+
     /// The closest [`io::ErrorKind`].
     pub fn kind(&self) -> io::ErrorKind {
         match self {
@@ -151,11 +210,15 @@ impl TransportError {
             TransportError::AddrInUse { .. } | TransportError::Locked { .. } | TransportError::PipeInUse { .. } => {
                 io::ErrorKind::AddrInUse
             }
+            TransportError::InvalidPipeInstances { .. } => io::ErrorKind::InvalidInput,
+            TransportError::PipeFull { .. } => io::ErrorKind::ResourceBusy,
             TransportError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
             TransportError::UnsafeDirectory { .. }
             | TransportError::NonLoopback { .. }
             | TransportError::RemoteWithoutAuth { .. }
-            | TransportError::PeerRefused { .. } => io::ErrorKind::PermissionDenied,
+            | TransportError::PeerRefused { .. }
+            | TransportError::PipePeerRefused { .. }
+            | TransportError::ServerRefused { .. } => io::ErrorKind::PermissionDenied,
             TransportError::NotFound { .. } => io::ErrorKind::NotFound,
             TransportError::Refused { .. } => io::ErrorKind::ConnectionRefused,
             TransportError::PipeBusy { .. } => io::ErrorKind::TimedOut,

@@ -8,16 +8,12 @@ use std::io;
 use std::os::windows::io::AsRawHandle;
 use std::sync::OnceLock;
 
-use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, LocalFree};
+use windows_sys::Win32::Foundation::{HANDLE, LocalFree};
 use windows_sys::Win32::Security::Authorization::{
-    ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertSidToStringSidW,
-    ConvertStringSecurityDescriptorToSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1, SE_KERNEL_OBJECT,
+    ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
+    GetSecurityInfo, SDDL_REVISION_1, SE_KERNEL_OBJECT,
 };
-use windows_sys::Win32::Security::{
-    DACL_SECURITY_INFORMATION, GetTokenInformation, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES, TOKEN_QUERY, TOKEN_USER,
-    TokenUser,
-};
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
 
 /// A self-relative security descriptor built from SDDL, freed on drop.
 #[derive(Debug)]
@@ -38,7 +34,7 @@ impl PipeSecurity {
     /// network logons, protected from inherited entries:
     /// `D:P(D;;GA;;;NU)(A;;GA;;;SY)(A;;GA;;;<user SID>)`.
     pub fn owner_and_system() -> io::Result<PipeSecurity> {
-        let sid = current_user_sid()?;
+        let sid = crate::windows::current_user_sid()?;
         PipeSecurity::from_sddl(&format!("D:P(D;;GA;;;NU)(A;;GA;;;SY)(A;;GA;;;{sid})"))
     }
 
@@ -154,41 +150,6 @@ pub fn dacl_sddl(object: &impl AsRawHandle) -> io::Result<String> {
         LocalFree(descriptor as _);
     }
     result
-}
-
-/// The current process user's SID as a string (`S-1-5-21-...`).
-fn current_user_sid() -> io::Result<String> {
-    let mut token: HANDLE = std::ptr::null_mut();
-    // SAFETY: GetCurrentProcess returns a pseudo-handle; `token` is a valid
-    // out-pointer.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u64; 64]; // 512 bytes, 8-aligned: a TOKEN_USER and its SID
-    let mut len = 0u32;
-    // SAFETY: `token` is the token just opened; `buf` is writable for the
-    // length given.
-    let ok = unsafe {
-        GetTokenInformation(token, TokenUser, buf.as_mut_ptr() as *mut c_void, (buf.len() * 8) as u32, &mut len)
-    };
-    let info = if ok == 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
-    // SAFETY: `token` was opened above and is closed once.
-    unsafe { CloseHandle(token) };
-    info?;
-    // SAFETY: GetTokenInformation(TokenUser) filled `buf` with a TOKEN_USER
-    // at its start (the buffer is 8-aligned).
-    let user = unsafe { &*(buf.as_ptr() as *const TOKEN_USER) };
-    let mut text: *mut u16 = std::ptr::null_mut();
-    // SAFETY: the SID points into `buf`, alive for the call; `text` is a
-    // valid out-pointer.
-    if unsafe { ConvertSidToStringSidW(user.User.Sid, &mut text) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a NUL-terminated wide string allocated by the call, freed once.
-    let sid = unsafe { wide_to_string(text) };
-    // SAFETY: as above.
-    unsafe { LocalFree(text as _) };
-    Ok(sid)
 }
 
 /// # Safety

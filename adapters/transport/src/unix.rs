@@ -238,7 +238,7 @@ pub fn peer_credentials(fd: impl AsFd) -> io::Result<PeerIdentity> {
             uid: Some(c.uid.as_raw()),
             gid: Some(c.gid.as_raw()),
             pid: u32::try_from(c.pid.as_raw_nonzero().get()).ok(),
-            addr: None,
+            ..PeerIdentity::default()
         })
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -252,7 +252,7 @@ pub fn peer_credentials(fd: impl AsFd) -> io::Result<PeerIdentity> {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(PeerIdentity { uid: Some(uid as u32), gid: Some(gid as u32), pid: None, addr: None })
+        Ok(PeerIdentity { uid: Some(uid as u32), gid: Some(gid as u32), ..PeerIdentity::default() })
     }
 }
 

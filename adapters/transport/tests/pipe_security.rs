@@ -33,9 +33,9 @@ fn pipe_instances_grant_only_the_user_and_system() {
     assert!(user_sid.starts_with("S-1-"), "{}", security.sddl());
 
     let name = format!(r"\\.\pipe\wharf-dacl-{}", std::process::id());
-    let server = create_pipe_instance(&name, true).expect("create the pipe");
+    let server = create_pipe_instance(&name, true, &Default::default()).expect("create the pipe");
     check(&dacl_sddl(&server).expect("read the server's DACL"), &user_sid);
-    let next = create_pipe_instance(&name, false).expect("a second instance");
+    let next = create_pipe_instance(&name, false, &Default::default()).expect("a second instance");
     check(&dacl_sddl(&next).expect("read the second instance's DACL"), &user_sid);
 
     let client = open_pipe_client(&name).expect("connect as the same user");
