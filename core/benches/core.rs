@@ -378,6 +378,55 @@ fn broker(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // The server application publishes BURST messages by topic name, then
+    // each subscriber's connection takes them (one MESSAGES frame) and its
+    // client takes the batch and walks it: the cost per message delivered.
+    const BURST: usize = 64;
+    let mut g = c.benchmark_group("pubsub_burst");
+    for n in FANOUT {
+        let mut wire = Vec::with_capacity(1 << 20);
+        let mut broker = Broker::new(BrokerConfig::default()).expect("broker");
+        let mut subs = Vec::with_capacity(n);
+        for s in 0..n as u64 {
+            let (mut client, mut server) = pair(now, &mut wire);
+            broker.add_subscriber(SubscriberId(s));
+            client.subscribe(topic.clone(), SubscribeOptions::default()).expect("subscribe");
+            write_out(&mut client, &mut wire, now);
+            read_in(&mut server, &mut wire, now);
+            let Some(Event::Subscribe { id, topic, prefix, policy }) = server.poll_event() else { panic!("subscribe") };
+            broker.subscribe(SubscriberId(s), id, topic, prefix, policy).expect("broker subscribe");
+            server.accept_subscription(id).expect("accept");
+            write_out(&mut server, &mut wire, now);
+            read_in(&mut client, &mut wire, now);
+            assert!(matches!(client.poll_event(), Some(Event::SubscribeResult { result: Ok(()), .. })));
+            subs.push((SubscriberId(s), client, server));
+        }
+        while broker.poll_event().is_some() {}
+        g.throughput(Throughput::Elements((n * BURST) as u64));
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                for _ in 0..BURST {
+                    broker.publish_str("sensors/temp", &body);
+                }
+                while broker.poll_event().is_some() {}
+                for (sid, client, server) in &mut subs {
+                    broker.deliver_into(*sid, server, usize::MAX);
+                    write_out(server, &mut wire, now);
+                    read_in(client, &mut wire, now);
+                    let mut got = 0;
+                    while let Some((_, _, batch)) = client.poll_message_batch() {
+                        for m in batch.iter() {
+                            black_box(m);
+                            got += 1;
+                        }
+                    }
+                    assert_eq!(got, BURST);
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 fn main() {
