@@ -9,15 +9,13 @@
 //!
 //! Every case asserts outcomes (values, typed errors, codes), never speed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token, Waker};
-use wharf::core::{Bytes, Code, ConnectionError, Event, RequestId, SlowConsumerPolicy, SubscribeOptions};
-use wharf::mio::{AuthReject, Client, Endpoint, Error, Incoming, Server, ServerOptions};
+use wharf::core::{Bytes, Code, ConnectionError, SlowConsumerPolicy, SubscribeOptions};
+use wharf::mio::{AuthReject, Client, Endpoint, Error, Incoming, ServerOptions};
 
 // ---------------------------------------------------------------------------
 // Endpoints
@@ -52,194 +50,9 @@ fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("wharf-mio-").tempdir_in("/tmp").or_else(|_| tempfile::tempdir()).unwrap()
 }
 
-// ---------------------------------------------------------------------------
-// The mio-loop server
-// ---------------------------------------------------------------------------
-
-const LISTENER: Token = Token(0);
-const WAKE: Token = Token(1);
-
-enum Command {
-    Shutdown(&'static str, Option<Duration>),
-    /// Drop the server at once: every socket closes, nothing is answered.
-    Vanish,
-}
-
-/// What the mio-loop server saw.
-#[derive(Default)]
-struct Seen {
-    cancelled: AtomicUsize,
-    connected: AtomicUsize,
-    closed: AtomicUsize,
-    notifications: Mutex<Vec<String>>,
-    /// `Server::evicted_handshakes` and `connection_count`, after each pass.
-    evicted: AtomicUsize,
-    held: AtomicUsize,
-    /// Calls to `hang` that reached the server.
-    hanging: AtomicUsize,
-    /// Why each connection closed.
-    closed_why: Mutex<Vec<ConnectionError>>,
-    /// `Server::refused_peers`, after each pass.
-    refused: AtomicUsize,
-}
-
-struct MioServer {
-    endpoint: Endpoint,
-    commands: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
-    seen: Arc<Seen>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl MioServer {
-    fn command(&self, c: Command) {
-        self.commands.send(c).unwrap();
-        self.waker.wake().unwrap();
-    }
-
-    /// Waits for the loop to end (after a shutdown drained every client).
-    fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the server loop panicked");
-        }
-    }
-}
-
-impl Drop for MioServer {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = self.commands.send(Command::Vanish);
-            let _ = self.waker.wake();
-            let _ = t.join();
-        }
-    }
-}
-
-fn mio_server(endpoint: Endpoint, options: ServerOptions, token: Option<&'static [u8]>) -> MioServer {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (commands, command_rx) = mpsc::channel();
-    let seen = Arc::new(Seen::default());
-    let seen2 = seen.clone();
-    let thread = std::thread::spawn(move || {
-        let mut poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
-        let mut server = match Server::bind(&endpoint, options) {
-            Ok(s) => s,
-            Err(e) => {
-                ready_tx.send(Err(e.to_string())).unwrap();
-                return;
-            }
-        };
-        if let Some(token) = token {
-            server.set_auth(move |req| if req.auth == token { Ok(()) } else { Err(AuthReject::new("wrong token")) });
-        }
-        server.register(poll.registry(), LISTENER, 2..10_000).unwrap();
-        ready_tx.send(Ok((server.endpoint().clone(), waker))).unwrap();
-        serve(&mut poll, &mut server, &command_rx, &seen2);
-    });
-    let (endpoint, waker) = ready_rx.recv().unwrap().expect("the mio server binds");
-    MioServer { endpoint, commands, waker, seen, thread: Some(thread) }
-}
-
-/// The hand-written loop: the methods every case uses.
-fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command>, seen: &Seen) {
-    let mut events = Events::with_capacity(256);
-    let mut stopping = false;
-    // Calls answered later: (token, id, when).
-    let mut delayed: Vec<(Token, RequestId, Instant)> = Vec::new();
-    loop {
-        let now = Instant::now();
-        let mut timeout = server.timeout(now);
-        if let Some(at) = delayed.iter().map(|d| d.2).min() {
-            let t = at.saturating_duration_since(now);
-            timeout = Some(timeout.map_or(t, |x| x.min(t)));
-        }
-        poll.poll(&mut events, timeout).unwrap();
-        let now = Instant::now();
-        for event in events.iter() {
-            if event.token() == WAKE {
-                while let Ok(c) = commands.try_recv() {
-                    match c {
-                        Command::Shutdown(reason, hint) => {
-                            stopping = true;
-                            server.shutdown(reason, hint, now);
-                        }
-                        Command::Vanish => return,
-                    }
-                }
-            } else {
-                server.handle(event, now);
-            }
-        }
-        server.handle_timeout(now);
-        delayed.retain(|&(token, id, at)| {
-            if at <= now {
-                server.respond(token, id, Bytes::from_static(b"late"));
-                false
-            } else {
-                true
-            }
-        });
-        while let Some(ev) = server.poll_event(now) {
-            let token = ev.token;
-            match ev.event {
-                Event::Request(call) => match call.method.as_str() {
-                    "echo" => server.respond(token, call.id, call.payload),
-                    "add" => {
-                        let (a, b): (i64, i64) = wharf::mio::decode(&call.payload).unwrap();
-                        server.respond(token, call.id, wharf::mio::encode(&(a + b)).unwrap());
-                    }
-                    "fail" => server.respond_error(token, call.id, Code::INVALID_REQUEST, "nope"),
-                    "hang" => {
-                        seen.hanging.fetch_add(1, Ordering::SeqCst);
-                    }
-                    "blob" => server.respond(token, call.id, Bytes::from(vec![7u8; 1 << 20])),
-                    "late" => delayed.push((token, call.id, now + Duration::from_millis(300))),
-                    "broadcast" => {
-                        // (topic, count): publish `count` numbered messages.
-                        let (topic, count): (String, u32) = wharf::mio::decode(&call.payload).unwrap();
-                        let mut reached = 0;
-                        for i in 0..count {
-                            reached += server.publish(&topic, wharf::mio::encode(&i).unwrap()).queued;
-                        }
-                        server.respond(token, call.id, wharf::mio::encode(&reached).unwrap());
-                    }
-                    "cancelled" => {
-                        let n = seen.cancelled.load(Ordering::SeqCst) as u64;
-                        server.respond(token, call.id, wharf::mio::encode(&n).unwrap());
-                    }
-                    other => {
-                        let msg = format!("no method {other:?}");
-                        server.respond_error(token, call.id, Code::UNKNOWN_METHOD, &msg);
-                    }
-                },
-                Event::Notification(n) => {
-                    seen.notifications.lock().unwrap().push(n.method.to_string());
-                    if n.method == "shout" {
-                        server.publish("shouts", n.payload);
-                    }
-                }
-                Event::CallCancelled { .. } => {
-                    seen.cancelled.fetch_add(1, Ordering::SeqCst);
-                }
-                Event::Connected(_) => {
-                    seen.connected.fetch_add(1, Ordering::SeqCst);
-                }
-                Event::Closed(e) => {
-                    seen.closed.fetch_add(1, Ordering::SeqCst);
-                    seen.closed_why.lock().unwrap().push(e);
-                }
-                _ => {}
-            }
-        }
-        seen.evicted.store(server.evicted_handshakes() as usize, Ordering::SeqCst);
-        seen.held.store(server.connection_count(), Ordering::SeqCst);
-        seen.refused.store(server.refused_peers() as usize, Ordering::SeqCst);
-        if stopping && server.connection_count() == 0 {
-            return;
-        }
-    }
-}
+#[path = "conformance/mio_loop.rs"]
+mod mio_loop;
+use mio_loop::{Command, MioServer, mio_server};
 
 // ---------------------------------------------------------------------------
 // The same methods on a tokio server
@@ -878,6 +691,9 @@ fn max_connections_per_user_rejects_a_users_extra_clients() {
 #[cfg(unix)]
 #[test]
 fn registering_a_server_twice_is_refused() {
+    use mio::{Poll, Token};
+    use mio_loop::LISTENER;
+    use wharf::mio::Server;
     let dir = tmp();
     let mut server = Server::bind(&endpoint(Transport::Unix, &dir), ServerOptions::default()).unwrap();
     let poll = Poll::new().unwrap();
@@ -887,55 +703,11 @@ fn registering_a_server_twice_is_refused() {
     assert!(server.owns(Token(2)) && !server.owns(Token(20)), "the first range stays");
 }
 
-/// A client on the bare core over a blocking Unix socket, for the fault
-/// cases: it does exactly what the case says and vanishes on drop.
 #[cfg(unix)]
-struct RawClient {
-    stream: std::os::unix::net::UnixStream,
-    conn: wharf::core::Connection,
-}
-
+#[path = "conformance/raw.rs"]
+mod raw;
 #[cfg(unix)]
-impl RawClient {
-    fn connect(path: &std::path::Path) -> std::io::Result<RawClient> {
-        use std::io::Read;
-        let stream = std::os::unix::net::UnixStream::connect(path)?;
-        let conn =
-            wharf::core::Connection::client(Arc::new(wharf::core::Config::default()), Bytes::new(), Instant::now())
-                .expect("client");
-        let mut c = RawClient { stream, conn };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            c.flush()?;
-            while let Some(e) = c.conn.poll_event() {
-                match e {
-                    Event::Connected(_) => return Ok(c),
-                    Event::Closed(e) => return Err(std::io::Error::other(format!("handshake failed: {e}"))),
-                    _ => {}
-                }
-            }
-            let n = c.stream.read(&mut buf)?;
-            if n == 0 {
-                return Err(std::io::Error::other("end of stream in the handshake"));
-            }
-            c.conn.handle_input(&buf[..n], Instant::now());
-        }
-    }
-
-    /// Writes everything queued (blocking).
-    fn flush(&mut self) -> std::io::Result<()> {
-        use std::io::Write;
-        loop {
-            let mut slices = [std::io::IoSlice::new(&[]); 32];
-            let n = self.conn.transmit_slices(Instant::now(), &mut slices);
-            if n == 0 {
-                return Ok(());
-            }
-            let written = self.stream.write_vectored(&slices[..n])?;
-            self.conn.advance_transmit(written, Instant::now());
-        }
-    }
-}
+use raw::RawClient;
 
 /// S1 on the mio loop: 200 clients vanish (their sockets closed at once,
 /// as the kernel does when a process is killed) at pseudo-random points:

@@ -22,6 +22,7 @@ use futures_util::future::join_all;
 use wharf::core::{Bytes, CallOptions, Connection, Event};
 use wharf::{Client, Config, ConnectionError, Context, Endpoint, Error, Router};
 
+use super::raw::RawClient;
 use super::{Adapter, DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch};
 
 /// Bound on waiting for something that should happen at once.
@@ -614,50 +615,6 @@ pub async fn handshake_flood_is_capped_oldest_first(env: &Env) {
 // ---------------------------------------------------------------------------
 // S9 / §2 case 37: a peer that never reads
 // ---------------------------------------------------------------------------
-
-/// A client on the bare core over a blocking socket: it completes the
-/// handshake, then only ever writes.
-struct RawClient {
-    stream: UnixStream,
-    conn: Connection,
-}
-
-impl RawClient {
-    fn connect(path: &std::path::Path) -> io::Result<RawClient> {
-        let stream = UnixStream::connect(path)?;
-        let conn = Connection::client(Arc::new(Config::default()), Bytes::new(), Instant::now()).expect("client");
-        let mut c = RawClient { stream, conn };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            c.flush()?;
-            while let Some(e) = c.conn.poll_event() {
-                match e {
-                    Event::Connected(_) => return Ok(c),
-                    Event::Closed(e) => return Err(io::Error::other(format!("handshake failed: {e}"))),
-                    _ => {}
-                }
-            }
-            let n = c.stream.read(&mut buf)?;
-            if n == 0 {
-                return Err(io::Error::other("EOF in the handshake"));
-            }
-            c.conn.handle_input(&buf[..n], Instant::now());
-        }
-    }
-
-    /// Writes everything queued (blocking).
-    fn flush(&mut self) -> io::Result<()> {
-        loop {
-            let mut slices = [IoSlice::new(&[]); 32];
-            let n = self.conn.transmit_slices(Instant::now(), &mut slices);
-            if n == 0 {
-                return Ok(());
-            }
-            let written = self.stream.write_vectored(&slices[..n])?;
-            self.conn.advance_transmit(written, Instant::now());
-        }
-    }
-}
 
 /// S11, keepalive on a real socket. A peer completes its handshake and then
 /// goes silent (it is alive, its socket open, but it answers no PING):

@@ -26,6 +26,10 @@ pub mod adapters;
 pub mod cases;
 #[cfg(target_os = "linux")]
 pub mod faults;
+#[cfg(feature = "mio")]
+pub mod mio_loop;
+#[cfg(unix)]
+pub mod raw;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,221 @@
+//! A wharf-mio server driven by a hand-written mio loop on a thread of its
+//! own, with the methods the wharf-mio conformance cases and the fault
+//! cases use (`echo`, `add`, `fail`, `hang`, `blob`, `late`, `broadcast`,
+//! `cancelled`, the `shout` notification) and counters of what it saw.
+//! Shared by `tests/conformance_mio.rs` and the fault cases
+//! (`tests/conformance/faults.rs`).
+
+// Each test binary uses a different subset.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+use wharf::core::{Bytes, Code, ConnectionError, Event, RequestId};
+use wharf::mio::{AuthReject, Endpoint, Server, ServerOptions};
+
+/// The listener's token; connections get [`TOKENS`].
+pub const LISTENER: Token = Token(0);
+const WAKE: Token = Token(1);
+/// Connection tokens: room for more than 10,000 at once (the S6 case).
+pub const TOKENS: std::ops::Range<usize> = 2..20_002;
+
+/// What the test tells the loop.
+pub enum Command {
+    /// Graceful shutdown with this reason and reconnect hint.
+    Shutdown(&'static str, Option<Duration>),
+    /// Drop the server at once: every socket closes, nothing is answered.
+    Vanish,
+}
+
+/// What the mio-loop server saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Calls the callers gave up (`CallCancelled`).
+    pub cancelled: AtomicUsize,
+    /// Connections established.
+    pub connected: AtomicUsize,
+    /// Connections closed.
+    pub closed: AtomicUsize,
+    /// Notifications received, by method.
+    pub notifications: Mutex<Vec<String>>,
+    /// `Server::evicted_handshakes` and `connection_count`, after each pass.
+    pub evicted: AtomicUsize,
+    /// Connections held.
+    pub held: AtomicUsize,
+    /// `Server::refused_peers`, after each pass.
+    pub refused: AtomicUsize,
+    /// Calls to `hang` that reached the server.
+    pub hanging: AtomicUsize,
+    /// Why each connection closed.
+    pub closed_why: Mutex<Vec<ConnectionError>>,
+}
+
+/// The loop's handle: dropping it stops the loop at once (every socket
+/// closes, as if the server vanished).
+pub struct MioServer {
+    /// Where it listens (a TCP port the OS chose filled in).
+    pub endpoint: Endpoint,
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    /// What it saw.
+    pub seen: Arc<Seen>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MioServer {
+    /// Tells the loop `c`.
+    pub fn command(&self, c: Command) {
+        self.commands.send(c).unwrap();
+        self.waker.wake().unwrap();
+    }
+
+    /// Waits for the loop to end (after a shutdown drained every client).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the server loop panicked");
+        }
+    }
+}
+
+impl Drop for MioServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.commands.send(Command::Vanish);
+            let _ = self.waker.wake();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds `endpoint` and runs the loop on a thread of its own (`token`: the
+/// auth payload it requires, if any).
+pub fn mio_server(endpoint: Endpoint, options: ServerOptions, token: Option<&'static [u8]>) -> MioServer {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (commands, command_rx) = mpsc::channel();
+    let seen = Arc::new(Seen::default());
+    let seen2 = seen.clone();
+    let thread = std::thread::spawn(move || {
+        let mut poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+        let mut server = match Server::bind(&endpoint, options) {
+            Ok(s) => s,
+            Err(e) => {
+                ready_tx.send(Err(e.to_string())).unwrap();
+                return;
+            }
+        };
+        if let Some(token) = token {
+            server.set_auth(move |req| if req.auth == token { Ok(()) } else { Err(AuthReject::new("wrong token")) });
+        }
+        server.register(poll.registry(), LISTENER, TOKENS).unwrap();
+        ready_tx.send(Ok((server.endpoint().clone(), waker))).unwrap();
+        serve(&mut poll, &mut server, &command_rx, &seen2);
+    });
+    let (endpoint, waker) = ready_rx.recv().unwrap().expect("the mio server binds");
+    MioServer { endpoint, commands, waker, seen, thread: Some(thread) }
+}
+
+/// The hand-written loop: the methods every case uses.
+fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command>, seen: &Seen) {
+    let mut events = Events::with_capacity(256);
+    let mut stopping = false;
+    // Calls answered later: (token, id, when).
+    let mut delayed: Vec<(Token, RequestId, Instant)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut timeout = server.timeout(now);
+        if let Some(at) = delayed.iter().map(|d| d.2).min() {
+            let t = at.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(t, |x| x.min(t)));
+        }
+        poll.poll(&mut events, timeout).unwrap();
+        let now = Instant::now();
+        for event in events.iter() {
+            if event.token() == WAKE {
+                while let Ok(c) = commands.try_recv() {
+                    match c {
+                        Command::Shutdown(reason, hint) => {
+                            stopping = true;
+                            server.shutdown(reason, hint, now);
+                        }
+                        Command::Vanish => return,
+                    }
+                }
+            } else {
+                server.handle(event, now);
+            }
+        }
+        server.handle_timeout(now);
+        delayed.retain(|&(token, id, at)| {
+            if at <= now {
+                server.respond(token, id, Bytes::from_static(b"late"));
+                false
+            } else {
+                true
+            }
+        });
+        while let Some(ev) = server.poll_event(now) {
+            let token = ev.token;
+            match ev.event {
+                Event::Request(call) => match call.method.as_str() {
+                    "echo" => server.respond(token, call.id, call.payload),
+                    "add" => {
+                        let (a, b): (i64, i64) = wharf::mio::decode(&call.payload).unwrap();
+                        server.respond(token, call.id, wharf::mio::encode(&(a + b)).unwrap());
+                    }
+                    "fail" => server.respond_error(token, call.id, Code::INVALID_REQUEST, "nope"),
+                    "hang" => {
+                        seen.hanging.fetch_add(1, Ordering::SeqCst);
+                    }
+                    "blob" => server.respond(token, call.id, Bytes::from(vec![7u8; 1 << 20])),
+                    "late" => delayed.push((token, call.id, now + Duration::from_millis(300))),
+                    "broadcast" => {
+                        // (topic, count): publish `count` numbered messages.
+                        let (topic, count): (String, u32) = wharf::mio::decode(&call.payload).unwrap();
+                        let mut reached = 0;
+                        for i in 0..count {
+                            reached += server.publish(&topic, wharf::mio::encode(&i).unwrap()).queued;
+                        }
+                        server.respond(token, call.id, wharf::mio::encode(&reached).unwrap());
+                    }
+                    "cancelled" => {
+                        let n = seen.cancelled.load(Ordering::SeqCst) as u64;
+                        server.respond(token, call.id, wharf::mio::encode(&n).unwrap());
+                    }
+                    other => {
+                        let msg = format!("no method {other:?}");
+                        server.respond_error(token, call.id, Code::UNKNOWN_METHOD, &msg);
+                    }
+                },
+                Event::Notification(n) => {
+                    seen.notifications.lock().unwrap().push(n.method.to_string());
+                    if n.method == "shout" {
+                        server.publish("shouts", n.payload);
+                    }
+                }
+                Event::CallCancelled { .. } => {
+                    seen.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                Event::Connected(_) => {
+                    seen.connected.fetch_add(1, Ordering::SeqCst);
+                }
+                Event::Closed(e) => {
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                    seen.closed_why.lock().unwrap().push(e);
+                }
+                _ => {}
+            }
+        }
+        seen.evicted.store(server.evicted_handshakes() as usize, Ordering::SeqCst);
+        seen.held.store(server.connection_count(), Ordering::SeqCst);
+        seen.refused.store(server.refused_peers() as usize, Ordering::SeqCst);
+        if stopping && server.connection_count() == 0 {
+            return;
+        }
+    }
+}
