@@ -1,7 +1,8 @@
 //! Fault scenarios S1, S5, S6, S7, S8, S9 and S11 (keepalive) of the reliability checklist
-//! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, over
-//! Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The cases
-//! are in `tests/conformance/faults.rs`.
+//! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, and
+//! S1, S6 and S7 on a wharf-mio loop, over Unix sockets (Linux: they read
+//! /proc and set RLIMIT_NOFILE). The cases are in
+//! `tests/conformance/faults.rs`.
 //!
 //! The cases run one at a time (they measure this process's descriptors
 //! and memory). The heavy ones are `#[ignore]`d: `tests/faults.sh` runs
@@ -107,3 +108,41 @@ macro_rules! faults {
 faults!(tokio, conformance::adapters::Tokio);
 faults!(smol, conformance::adapters::Smol);
 faults!(async_std, conformance::adapters::AsyncStd);
+
+/// The cases that need a server of their own kind, on a wharf-mio loop:
+/// the server runs on a thread of the test process (S1, S6) or in a peer
+/// process (S7); its clients are tokio clients (their own processes for
+/// S1 and S6).
+mod wharf_mio {
+    use super::*;
+    use crate::conformance::faults as f;
+
+    fault_case!(killed_clients_leave_no_trace, conformance::adapters::Tokio, 120, |env| {
+        f::mio_killed_clients_leave_no_trace(env, KILLS)
+    });
+    fault_case!(
+        #[ignore = "heavy: 1000 kills; tests/faults.sh runs it"]
+        killed_clients_leave_no_trace_1000_times,
+        conformance::adapters::Tokio,
+        1800,
+        |env| f::mio_killed_clients_leave_no_trace(env, heavy_kills())
+    );
+    fault_case!(emfile_on_accept_backs_off_and_recovers, conformance::adapters::Tokio, 120, |env| {
+        f::mio_emfile_on_accept_backs_off_and_recovers(env)
+    });
+    fault_case!(
+        #[ignore = "heavy: 10,000 connections; tests/faults.sh runs it"]
+        ten_thousand_connections,
+        conformance::adapters::Tokio,
+        900,
+        |env| f::mio_ten_thousand_connections(env)
+    );
+
+    /// Not a test: the peer process of these cases (tokio clients, or the
+    /// fd-limited mio loop), started by them.
+    #[test]
+    #[ignore = "peer process of the fault cases; they start it"]
+    fn peer() {
+        conformance::peer_main::<conformance::adapters::Tokio>(conformance::Transport::Unix, module_path!());
+    }
+}

@@ -16,12 +16,16 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::Arc;
+#[cfg(feature = "mio")]
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use wharf::core::{Bytes, CallOptions, Connection, Event};
 use wharf::{Client, Config, ConnectionError, Context, Endpoint, Error, Router};
 
+#[cfg(feature = "mio")]
+use super::mio_loop::{MioServer, mio_server};
 use super::raw::RawClient;
 use super::{Adapter, DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch};
 
@@ -163,6 +167,16 @@ pub async fn peer_role(env: &Env, role: &str, endpoint: &Endpoint) -> bool {
             env.sleep(PEER_LIFETIME).await;
             drop(server);
         }
+        // The same on a wharf-mio loop (on a thread of this process).
+        #[cfg(feature = "mio")]
+        ("mio-emfile-server", headroom) => {
+            let headroom: u64 = headroom.parse().expect("mio-emfile-server:<headroom>");
+            let server = mio_server(endpoint.clone(), wharf::mio::ServerOptions::default(), None);
+            let limit = set_nofile(open_fds() as u64 + headroom);
+            println!("{PEER_READY} fds={} limit={limit}", open_fds());
+            env.sleep(PEER_LIFETIME).await;
+            drop(server);
+        }
         // `n` idle clients.
         ("many-clients", n) => {
             let n: usize = n.parse().expect("many-clients:<n>");
@@ -198,15 +212,43 @@ pub async fn peer_role(env: &Env, role: &str, endpoint: &Endpoint) -> bool {
 // S1: clients killed with SIGKILL in a loop
 // ---------------------------------------------------------------------------
 
-/// S1. Client processes killed with SIGKILL at pseudo-random points
-/// (while starting, connecting or in the handshake; or with calls in the
-/// server's handlers and a subscription open), `iterations` times. After
-/// each kill the server forgets the connection; at the end its fd count,
-/// connection count, subscription table and handlers are back to the
-/// baseline taken after a warm-up client, and it still serves.
-pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
-    let started = Watch::new(0usize);
-    let dropped = Watch::new(0usize);
+/// The server side of the cases that run on both kinds of server (S1, S6):
+/// a wharf server on the case's adapter, or a wharf-mio loop. Each serves
+/// `echo`, and `hang`, whose calls never end until their caller goes.
+pub trait FaultServer {
+    /// Shown in what the case prints.
+    fn name(&self) -> &'static str;
+    /// Connections held.
+    fn connections(&self) -> usize;
+    /// `hang` calls that reached the server so far, and how many of them
+    /// ended since (their caller gone: the handler dropped, the call
+    /// cancelled).
+    fn hung_calls(&self) -> (usize, usize);
+}
+
+/// A wharf server on the case's adapter, counting its `hang` handlers.
+pub struct AdapterServer {
+    name: &'static str,
+    server: wharf::Server,
+    started: Watch<usize>,
+    dropped: Watch<usize>,
+}
+
+impl FaultServer for AdapterServer {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn connections(&self) -> usize {
+        self.server.connection_count()
+    }
+    fn hung_calls(&self) -> (usize, usize) {
+        (self.started.get(), self.dropped.get())
+    }
+}
+
+/// Binds an [`AdapterServer`] on a fresh endpoint.
+async fn adapter_server(env: &Env) -> (AdapterServer, Endpoint) {
+    let (started, dropped) = (Watch::new(0usize), Watch::new(0usize));
     let router = {
         let (started, dropped) = (started.clone(), dropped.clone());
         echo_router().unary("hang", move |(): (), _ctx: Context| {
@@ -220,18 +262,64 @@ pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
         })
     };
     let (server, ep) = env.bind(|| env.server().router(router.clone())).await;
+    (AdapterServer { name: env.adapter, server, started, dropped }, ep)
+}
+
+#[cfg(feature = "mio")]
+impl FaultServer for MioServer {
+    fn name(&self) -> &'static str {
+        "wharf-mio"
+    }
+    fn connections(&self) -> usize {
+        self.seen.held.load(Ordering::SeqCst)
+    }
+    fn hung_calls(&self) -> (usize, usize) {
+        (self.seen.hanging.load(Ordering::SeqCst), self.seen.cancelled.load(Ordering::SeqCst))
+    }
+}
+
+/// A wharf-mio loop (on a thread of this process) on a fresh endpoint.
+#[cfg(feature = "mio")]
+fn mio_loop_server(env: &Env) -> (MioServer, Endpoint) {
+    let server = mio_server(env.endpoint(), wharf::mio::ServerOptions::default(), None);
+    let ep = server.endpoint.clone();
+    (server, ep)
+}
+
+/// S1 on the case's adapter: see [`killed_clients_leave_no_trace_on`].
+pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
+    let (server, ep) = adapter_server(env).await;
+    killed_clients_leave_no_trace_on(env, &server, &ep, iterations).await
+}
+
+/// S1 on a wharf-mio loop: see [`killed_clients_leave_no_trace_on`].
+#[cfg(feature = "mio")]
+pub async fn mio_killed_clients_leave_no_trace(env: &Env, iterations: usize) {
+    let (server, ep) = mio_loop_server(env);
+    killed_clients_leave_no_trace_on(env, &server, &ep, iterations).await
+}
+
+/// S1. Client processes killed with SIGKILL at pseudo-random points
+/// (while starting, connecting or in the handshake; or with calls in the
+/// server's handlers and a subscription open), `iterations` times. After
+/// each kill the server forgets the connection; at the end its fd count,
+/// connection count, subscription table and handlers are back to the
+/// baseline taken after a warm-up client, and it still serves.
+async fn killed_clients_leave_no_trace_on(env: &Env, server: &impl FaultServer, ep: &Endpoint, iterations: usize) {
+    let name = server.name();
+    let forgotten = || {
+        let (started, ended) = server.hung_calls();
+        server.connections() == 0 && started == ended
+    };
 
     // Warm-up: one client killed once its calls run, so that everything
     // the runtime and the server allocate lazily exists before the baseline.
-    let mut peer = env.spawn_peer("fault-client", &ep);
+    let mut peer = env.spawn_peer("fault-client", ep);
     ready(env, &peer, "the warm-up client to start").await;
-    env.within(WAIT, "the warm-up calls to start", started.wait(|n| *n == CALLS_PER_CLIENT)).await;
+    eventually(env, "the warm-up calls to start", || server.hung_calls().0 == CALLS_PER_CLIENT).await;
     peer.kill();
     drop(peer);
-    eventually(env, "the warm-up client to be forgotten", || {
-        server.connection_count() == 0 && dropped.get() == started.get()
-    })
-    .await;
+    eventually(env, "the warm-up client to be forgotten", forgotten).await;
     env.sleep(Duration::from_millis(100)).await;
     let fds_before = open_fds();
     let rss_before = rss_kib(None);
@@ -242,8 +330,8 @@ pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
     let t0 = Instant::now();
     let mut worst_forget = Duration::ZERO;
     for i in 0..iterations {
-        let want = started.get() + CALLS_PER_CLIENT;
-        let mut peer = env.spawn_peer("fault-client", &ep);
+        let want = server.hung_calls().0 + CALLS_PER_CLIENT;
+        let mut peer = env.spawn_peer("fault-client", ep);
         if rng.below(3) == 0 {
             // Early: somewhere in process start-up, connect or handshake.
             env.sleep(Duration::from_millis(rng.below(40))).await;
@@ -251,14 +339,14 @@ pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
         } else {
             ready(env, &peer, "a client to start").await;
             let what = format!("iteration {i} (seed {seed:#x}): the client's calls to start");
-            env.within(WAIT, &what, started.wait(|n| *n >= want)).await;
+            eventually(env, &what, || server.hung_calls().0 >= want).await;
             env.sleep(Duration::from_millis(rng.below(5))).await;
             late += 1;
         }
         let killed = peer.kill();
         drop(peer);
-        let what = format!("iteration {i} (seed {seed:#x}): the killed client's connection and handlers to go");
-        eventually(env, &what, || server.connection_count() == 0 && dropped.get() == started.get()).await;
+        let what = format!("iteration {i} (seed {seed:#x}): the killed client's connection and calls to go");
+        eventually(env, &what, forgotten).await;
         worst_forget = worst_forget.max(killed.elapsed());
     }
     let elapsed = t0.elapsed();
@@ -274,19 +362,15 @@ pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
         fds_after = open_fds();
     }
     let rss_after = rss_kib(None);
+    let (started, ended) = server.hung_calls();
     eprintln!(
-        "S1 {}: {iterations} kills ({early} early, {late} with calls and a subscription) in {elapsed:?}; \
+        "S1 {name}: {iterations} kills ({early} early, {late} with calls and a subscription) in {elapsed:?}; \
          fds {fds_before} -> {fds_after}; RSS {rss_before} -> {rss_after} KiB; slowest cleanup {worst_forget:?}; \
-         handlers started {} dropped {}",
-        env.adapter,
-        started.get(),
-        dropped.get()
+         calls started {started} ended {ended}"
     );
     assert_eq!(fds_after, fds_before, "file descriptors leaked over {iterations} killed clients");
-    assert_eq!(server.connection_count(), 0, "connections left");
-    assert_eq!(started.get(), dropped.get(), "handlers of killed clients still running");
-    let report = server.publish("fault/topic", &1u32).expect("publish");
-    assert_eq!(report.queued, 0, "subscriptions of killed clients left in the broker: {report:?}");
+    assert_eq!(server.connections(), 0, "connections left");
+    assert_eq!(started, ended, "calls of killed clients still running");
     // A leak guard, not a measurement: 64 MiB is far above the noise of
     // the allocator and far below what a per-connection leak of buffers
     // (tens of KiB each) over the heavy run's thousands of kills would add.
@@ -294,8 +378,12 @@ pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB over {iterations} killed clients"
     );
-    let client = env.connect(&ep).await;
+    let client = env.connect(ep).await;
     echo_ok(&client, "after the kills").await;
+    // The publisher is not subscribed: any subscription reached is a
+    // killed client's, left in the broker.
+    let reached = client.publish("fault/topic", &1u32).await.expect("publish");
+    assert_eq!(reached, 0, "subscriptions of killed clients left in the broker");
     client.close("done").await;
 }
 
@@ -308,13 +396,25 @@ pub async fn killed_clients_leave_no_trace(env: &Env, iterations: usize) {
 /// does not spin while saturated, and serves every waiting client once
 /// descriptors are freed.
 pub async fn emfile_on_accept_backs_off_and_recovers(env: &Env) {
+    emfile_on_accept_backs_off_and_recovers_on(env, "emfile-server", env.adapter).await
+}
+
+/// S7 on a wharf-mio loop (in a process of its own, like the adapters'
+/// server): see [`emfile_on_accept_backs_off_and_recovers`].
+#[cfg(feature = "mio")]
+pub async fn mio_emfile_on_accept_backs_off_and_recovers(env: &Env) {
+    emfile_on_accept_backs_off_and_recovers_on(env, "mio-emfile-server", "wharf-mio").await
+}
+
+/// S7 against the server a peer process runs in `role` (`<role>:<headroom>`).
+async fn emfile_on_accept_backs_off_and_recovers_on(env: &Env, role: &str, name: &str) {
     const CLIENTS: usize = 40;
     const HEADROOM: u64 = 8;
     let ep = env.endpoint();
-    let peer = env.spawn_peer(&format!("emfile-server:{HEADROOM}"), &ep);
+    let peer = env.spawn_peer(&format!("{role}:{HEADROOM}"), &ep);
     ready(env, &peer, "the fd-limited server to start").await;
     let pid = peer.pid();
-    eprintln!("S7 {}: server says {:?}", env.adapter, peer.output());
+    eprintln!("S7 {name}: server says {:?}", peer.output());
 
     let connected = Watch::new(0usize);
     let release = Watch::new(false);
@@ -370,9 +470,8 @@ pub async fn emfile_on_accept_backs_off_and_recovers(env: &Env) {
     let (cpu, wall) = (cpu_time(pid) - cpu0, t0.elapsed());
     let share = cpu.as_secs_f64() / wall.as_secs_f64();
     eprintln!(
-        "S7 {}: {served_while_saturated}/{CLIENTS} served while saturated; server CPU {cpu:?} over {wall:?} \
+        "S7 {name}: {served_while_saturated}/{CLIENTS} served while saturated; server CPU {cpu:?} over {wall:?} \
          ({:.1} % of one core)",
-        env.adapter,
         share * 100.0
     );
     assert!(share < 0.5, "the fd-starved server used {cpu:?} of CPU in {wall:?}: is accept spinning on EMFILE?");
@@ -385,7 +484,7 @@ pub async fn emfile_on_accept_backs_off_and_recovers(env: &Env) {
         let r = env.within(Duration::from_secs(60), "a waiting client to be served", c.join()).await;
         r.unwrap_or_else(|e| panic!("{e}"));
     }
-    eprintln!("S7 {}: all {CLIENTS} served {:?} after the release", env.adapter, t_release.elapsed());
+    eprintln!("S7 {name}: all {CLIENTS} served {:?} after the release", t_release.elapsed());
     assert_eq!(connected.get(), CLIENTS);
     drop(peer);
 }
@@ -788,22 +887,37 @@ pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
 /// client is still served, and once the clients die everything is
 /// released. Measures the server's memory and descriptors per connection.
 pub async fn ten_thousand_connections(env: &Env) {
-    const N: usize = 10_000;
     let limit = set_nofile(u64::MAX);
+    let (server, ep) = adapter_server(env).await;
+    ten_thousand_connections_on(env, &server, &ep, limit).await
+}
+
+/// S6 on a wharf-mio loop (on a thread of this process; the clients in a
+/// peer process): see [`ten_thousand_connections`].
+#[cfg(feature = "mio")]
+pub async fn mio_ten_thousand_connections(env: &Env) {
+    let limit = set_nofile(u64::MAX);
+    let (server, ep) = mio_loop_server(env);
+    ten_thousand_connections_on(env, &server, &ep, limit).await
+}
+
+/// S6 against `server`, with `RLIMIT_NOFILE` raised to `limit` already.
+async fn ten_thousand_connections_on(env: &Env, server: &impl FaultServer, ep: &Endpoint, limit: u64) {
+    const N: usize = 10_000;
     assert!(limit as usize > N + 200, "RLIMIT_NOFILE hard limit {limit} is too low for {N} connections");
-    let (server, ep) = env.bind(|| env.server().router(echo_router())).await;
+    let name = server.name();
     env.sleep(Duration::from_millis(50)).await;
     let (fds_before, rss_before) = (open_fds(), rss_kib(None));
     let t = Instant::now();
-    let mut peer = env.spawn_peer(&format!("many-clients:{N}"), &ep);
+    let mut peer = env.spawn_peer(&format!("many-clients:{N}"), ep);
     let ok = env.within(Duration::from_secs(500), "the clients to connect", peer.ready()).await;
     assert!(ok, "the peer process exited: {:?}", peer.output());
     let connect_all = t.elapsed();
-    eventually(env, "the server to hold every connection", || server.connection_count() == N).await;
+    eventually(env, "the server to hold every connection", || server.connections() == N).await;
     let (fds_held, rss_held) = (open_fds(), rss_kib(None));
 
     let t = Instant::now();
-    let client = env.connect(&ep).await;
+    let client = env.connect(ep).await;
     echo_ok(&client, "client 10,001").await;
     let next = t.elapsed();
     client.close("done").await;
@@ -811,7 +925,7 @@ pub async fn ten_thousand_connections(env: &Env) {
     let killed = peer.kill();
     drop(peer);
     env.within(Duration::from_secs(60), "the dead clients to be forgotten", async {
-        while server.connection_count() > 0 {
+        while server.connections() > 0 {
             env.sleep(Duration::from_millis(20)).await;
         }
     })
@@ -827,10 +941,9 @@ pub async fn ten_thousand_connections(env: &Env) {
     }
     let rss_after = rss_kib(None);
     eprintln!(
-        "S6 {}: {N} clients connected in {connect_all:?}; server fds {fds_before} -> {fds_held} -> {fds_after}; \
+        "S6 {name}: {N} clients connected in {connect_all:?}; server fds {fds_before} -> {fds_held} -> {fds_after}; \
          server RSS {rss_before} -> {rss_held} -> {rss_after} KiB ({:.1} KiB per connection); \
          client 10,001 connected and served in {next:?}; all {N} forgotten {forget:?} after the kill",
-        env.adapter,
         (rss_held.saturating_sub(rss_before)) as f64 / N as f64
     );
     assert!(fds_held >= fds_before + N, "the server holds {fds_held} descriptors for {N} connections");
