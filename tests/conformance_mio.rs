@@ -811,6 +811,49 @@ fn a_peer_that_never_reads_is_disconnected_by_the_mio_loop() {
     });
 }
 
+/// S11 on the blocking client: a server that completes the handshake
+/// (keepalive 200 ms in its WELCOME) and then answers nothing. The
+/// pending call (its deadline a minute away) and the connection end with
+/// `KeepaliveTimeout`, no sooner than 3 intervals after the WELCOME
+/// arrived. Then a client waiting idle for 5 intervals on a mio loop
+/// (which answers its PINGs) stays connected and is served.
+#[cfg(unix)]
+#[test]
+fn keepalive_blocking_client_leaves_a_silent_server_and_stays_with_a_live_one() {
+    bounded("keepalive_blocking_client", || {
+        const K: Duration = Duration::from_millis(200);
+        let config = wharf::core::Config { keepalive_interval: Some(K), ..Default::default() };
+        let dir = tmp();
+        let path = dir.path().join("silent.sock");
+        let silent = raw::SilentServer::start(&path, config.clone());
+        let mut c = Client::builder()
+            .config(config.clone())
+            .call_timeout(Duration::from_secs(60))
+            .connect(&Endpoint::unix(&path))
+            .unwrap();
+        // The WELCOME is in: the server was heard last no later than now.
+        let heard = Instant::now();
+        let r = c.call_raw("echo", Bytes::from_static(b"anyone?"));
+        let after = heard.elapsed();
+        eprintln!("S11 keepalive blocking client: the silent server was left after {after:?}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::ConnectionLost(ConnectionError::KeepaliveTimeout(_)))),
+            "the pending call ended with {r:?}"
+        );
+        assert!(matches!(c.closed(), Some(ConnectionError::KeepaliveTimeout(_))), "closed: {:?}", c.closed());
+        assert!(after + Duration::from_millis(20) >= 3 * K, "left after {after:?}, before 3 keepalive intervals");
+        drop(silent);
+
+        let options = ServerOptions { config: config.clone(), ..Default::default() };
+        let server = mio_server(endpoint(Transport::Unix, &dir), options, None);
+        let mut idle = Client::builder().config(config).connect(&server.endpoint).unwrap();
+        assert_eq!(idle.next_incoming(Some(5 * K)).unwrap(), None, "nothing arrives for an idle client");
+        assert!(idle.closed().is_none(), "the idle client's connection ended: {:?}", idle.closed());
+        assert_eq!(idle.call_raw("echo", Bytes::from_static(b"still here")).unwrap(), &b"still here"[..]);
+        assert_eq!(server.seen.closed.load(Ordering::SeqCst), 0, "the server closed a connection");
+    });
+}
+
 /// Bound on one whole case, so a hang fails the test instead of the run.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 

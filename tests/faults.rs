@@ -73,6 +73,9 @@ macro_rules! faults {
             fault_case!(keepalive_closes_a_silent_peer_and_keeps_an_idle_one, $adapter, 60, |env| {
                 f::keepalive_closes_a_silent_peer_and_keeps_an_idle_one(env)
             });
+            fault_case!(keepalive_client_leaves_a_silent_server_and_stays_with_a_live_one, $adapter, 60, |env| {
+                f::keepalive_client_leaves_a_silent_server_and_stays_with_a_live_one(env)
+            });
             fault_case!(peer_that_never_reads_is_bounded_then_disconnected, $adapter, 120, |env| {
                 f::peer_that_never_reads_is_bounded_then_disconnected(env)
             });

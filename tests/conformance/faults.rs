@@ -26,7 +26,7 @@ use wharf::{Client, Config, ConnectionError, Context, Endpoint, Error, Router};
 
 #[cfg(feature = "mio")]
 use super::mio_loop::{MioServer, mio_server};
-use super::raw::RawClient;
+use super::raw::{RawClient, SilentServer};
 use super::{Adapter, DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch};
 
 /// Bound on waiting for something that should happen at once.
@@ -775,6 +775,54 @@ pub async fn keepalive_closes_a_silent_peer_and_keeps_an_idle_one(env: &Env) {
     idle.close("done").await;
     let _ = end.send(());
     silent.join().expect("the silent peer's thread");
+}
+
+/// S11, keepalive on the client's side. A server that completes the
+/// handshake (keepalive 200 ms in its WELCOME) and then answers nothing:
+/// the client's pending call (its own deadline a minute away) and the
+/// connection end with `KeepaliveTimeout`, no sooner than 3 intervals
+/// after the client last heard from the server. A client idle for 5
+/// intervals on a real server (which answers its PINGs) stays connected
+/// and is served.
+pub async fn keepalive_client_leaves_a_silent_server_and_stays_with_a_live_one(env: &Env) {
+    const K: Duration = Duration::from_millis(200);
+    let config = Config { keepalive_interval: Some(K), ..Config::default() };
+    let path = env.dir().join("silent.sock");
+    let silent = SilentServer::start(&path, config.clone());
+    let client = env.client().config(config.clone()).connect(&Endpoint::unix(&path)).await.expect("connect");
+    // The client has the WELCOME: it heard the server last no later than now.
+    let heard = Instant::now();
+    let call = {
+        let client = client.clone();
+        let options = CallOptions::new().timeout(wharf::core::Timeout::After(Duration::from_secs(60)));
+        env.spawn(async move { client.call_with::<_, String>("echo", "anyone?", options).await })
+    };
+    let why = env.within(Duration::from_secs(10), "the client to give up on the silent server", client.closed()).await;
+    let after = heard.elapsed();
+    let outcome = env.within(WAIT, "the pending call to end", call.join()).await;
+    let welcomed = silent.welcomed_at().expect("the silent server wrote its WELCOME");
+    eprintln!(
+        "S11 keepalive client {}: the silent server was left {after:?} after the handshake ({:?} after its \
+         WELCOME was written; keepalive {K:?}): {why}; the pending call: {outcome:?}",
+        env.adapter,
+        welcomed.elapsed()
+    );
+    assert!(matches!(why, ConnectionError::KeepaliveTimeout(_)), "the connection ended with {why:?}");
+    assert!(
+        matches!(outcome, Err(Error::ConnectionLost(ConnectionError::KeepaliveTimeout(_)))),
+        "the pending call ended with {outcome:?}"
+    );
+    assert!(after + Duration::from_millis(20) >= 3 * K, "left after {after:?}, before 3 keepalive intervals");
+    drop(silent);
+
+    // A live server answers the PINGs: an idle client stays.
+    let (server, ep) = env.bind(|| env.server().config(config.clone()).router(echo_router())).await;
+    let idle = env.client().config(config.clone()).connect(&ep).await.expect("connect");
+    env.sleep(5 * K).await;
+    assert!(!idle.is_closed(), "the idle client's connection ended: {:?}", idle.stats());
+    echo_ok(&idle, "after idling for 5 keepalive intervals").await;
+    assert_eq!(server.connection_count(), 1);
+    idle.close("done").await;
 }
 
 /// S9 and the real-socket half of §2 case 37. A client calls a method
