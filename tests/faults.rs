@@ -26,7 +26,23 @@ const KILLS_HEAVY: usize = 1000;
 /// The heavy kill loop's length: `KILLS_HEAVY`, or `WHARF_FAULT_KILLS`
 /// (e.g. 10000, the reference's figure).
 fn heavy_kills() -> usize {
-    std::env::var("WHARF_FAULT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(KILLS_HEAVY)
+    env_or("WHARF_FAULT_KILLS", KILLS_HEAVY)
+}
+
+/// The heavy S5 rate case: messages per second, seconds, healthy
+/// subscribers (`WHARF_S5_RATE`, `WHARF_S5_SECS`, `WHARF_S5_SUBSCRIBERS`).
+fn s5_rate() -> u32 {
+    env_or("WHARF_S5_RATE", 1000)
+}
+fn s5_secs() -> u32 {
+    env_or("WHARF_S5_SECS", 60)
+}
+fn s5_subscribers() -> usize {
+    env_or("WHARF_S5_SUBSCRIBERS", 100)
+}
+
+fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 macro_rules! fault_case {
@@ -88,6 +104,16 @@ macro_rules! faults {
                 $adapter,
                 900,
                 |env| f::slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 200_000)
+            );
+            fault_case!(slow_subscriber_at_a_rate, $adapter, 120, |env| {
+                f::slow_subscriber_at_a_rate(env, 4000, 3, 4)
+            });
+            fault_case!(
+                #[ignore = "heavy: a minute at the highest rate sustained here; tests/faults.sh runs it"]
+                slow_subscriber_at_the_reference_rate,
+                $adapter,
+                900,
+                |env| f::slow_subscriber_at_a_rate(env, s5_rate(), s5_secs(), s5_subscribers())
             );
             fault_case!(
                 #[ignore = "heavy: 10,000 connections; tests/faults.sh runs it"]

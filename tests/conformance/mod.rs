@@ -484,6 +484,13 @@ impl Peer {
         self.lines.with(|v| v.iter().any(|l| l.contains(PEER_READY)))
     }
 
+    /// Waits for a line holding `marker` and returns it from the marker on
+    /// (`None`: the peer's output ended without one).
+    pub async fn line_with(&self, marker: &str) -> Option<String> {
+        self.lines.wait(|v| v.iter().any(|l| l.contains(marker) || l == "<eof>")).await;
+        self.lines.with(|v| v.iter().find_map(|l| l.find(marker).map(|at| l[at..].to_string())))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
