@@ -714,8 +714,8 @@ use raw::RawClient;
 /// a third mid-handshake, the rest with a subscription and two calls
 /// waiting in the server. The server forgets every one (no connection
 /// held), every waiting call is cancelled, no subscription is left for a
-/// publish to reach, and a new client is served. (A SIGKILL of a separate
-/// process is `tests/faults.rs`, on the async adapters.)
+/// publish to reach, and a new client is served. (Client processes killed
+/// with SIGKILL: `faults::wharf_mio::killed_clients_leave_no_trace`.)
 #[cfg(unix)]
 #[test]
 fn vanished_clients_leave_no_trace_on_the_mio_loop() {

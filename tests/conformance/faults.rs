@@ -1013,7 +1013,18 @@ async fn ten_thousand_connections_on(env: &Env, server: &impl FaultServer, ep: &
     let ok = env.within(Duration::from_secs(500), "the clients to connect", peer.ready()).await;
     assert!(ok, "the peer process exited: {:?}", peer.output());
     let connect_all = t.elapsed();
-    eventually(env, "the server to hold every connection", || server.connections() == N).await;
+    let counted = env
+        .timeout(WAIT, async {
+            while server.connections() != N {
+                env.sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    assert!(
+        counted.is_some(),
+        "the server holds {} connections, not {N}, 20 s after the clients connected",
+        server.connections()
+    );
     let (fds_held, rss_held) = (open_fds(), rss_kib(None));
 
     let t = Instant::now();

@@ -578,6 +578,7 @@ macro_rules! conformance {
                 client_close_is_graceful,
                 client_abort_fails_calls_and_cancels_handlers,
                 max_connections_rejects_extra_clients,
+                pending_handshake_cap_never_evicts_established_clients,
                 ping_both_ways,
                 server_killed_mid_call_fails_every_call_within_a_second,
                 client_killed_mid_call_cancels_handlers,

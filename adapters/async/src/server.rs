@@ -344,15 +344,21 @@ impl ServerShared {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Entry { inner: inner.clone(), flags, name: Text::new(), per_user: false });
         tracing::debug!(connection_id = id, ?peer, "wharf: accepted a connection");
-        self.backend.runtime.spawn(Box::pin(Driver::new(inner, stream)));
+        // Counted as owing its HELLO before its driver exists: on a
+        // multi-threaded executor the driver may read the HELLO (and call
+        // `hello_received`) before the spawn returns, and a connection
+        // entered after that would stay "pending" for good, to be evicted
+        // later although it is established.
         let evict = self.gate().accepted(id);
-        match evict {
+        let evicted = match evict {
             Some(old) => {
                 self.evict_handshake(old);
                 true
             }
             None => false,
-        }
+        };
+        self.backend.runtime.spawn(Box::pin(Driver::new(inner, stream)));
+        evicted
     }
 
     /// Closes a connection that still owes its HELLO because too many do
