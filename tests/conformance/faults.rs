@@ -1278,10 +1278,11 @@ impl Histogram {
 /// subscriber gets every message, in order, with no lag; at no time are
 /// more than 8,000 messages kept for the slow one (published minus
 /// dropped), the rest dropped and counted, and nobody is disconnected; the
-/// server's memory is flat (its peak over the second half of the run is
-/// within 32 MiB of its peak over the first half, and within 64 MiB of the
-/// baseline). Printed, never asserted: the rate reached and the healthy
-/// subscribers' publish-to-delivery latency (p50, p99, p99.9, max).
+/// server's memory stays under the baseline plus what it may hold per
+/// subscriber, and is flat (its peak over the second half of the run is
+/// within 64 MiB of its peak over the first half). Printed, never
+/// asserted: the rate reached and the healthy subscribers'
+/// publish-to-delivery latency (p50, p99, p99.9, max).
 pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy: usize) {
     let total = rate * secs;
     let config = Config { write_stall_timeout: Duration::from_secs(u64::from(secs) + 60), ..Config::default() };
@@ -1354,15 +1355,22 @@ pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy:
     assert!(most_kept <= 8_000, "{most_kept} messages kept at once for a subscriber that never reads");
     assert_eq!(disconnects.get(), [], "nobody is disconnected (the slow one's policy is drop-oldest)");
     assert_eq!(server.connection_count(), healthy + 1);
-    // Flat memory (bounds, not measurements): a run holds all it needs in
-    // its first half; 32 MiB covers the healthy subscribers' momentary
-    // backlogs on a busy machine (each may hold up to 5 MiB in the server
-    // before it lags).
+    // Bounded memory, the reference's bound: the baseline plus, for every
+    // subscriber, what the server may hold for it (a broker queue of 1024
+    // messages, half of max_outbound_buffered moved into its connection:
+    // about 5 MiB), plus 64 MiB of slack for the allocator and runtime.
+    let bound = rss_before + (healthy as u64 + 1) * 6 * 1024 + 64 * 1024;
+    assert!(second_half.max(first_half) < bound, "RSS grew from {rss_before} KiB past {bound} KiB");
+    // Flat memory (a bound, not a measurement): a run holds all it needs
+    // in its first half. 64 MiB is above what the healthy subscribers'
+    // momentary backlogs added in the second half on this busy 2-core
+    // machine (30 MiB seen, with a p99 latency of 0.5 s), and below what
+    // any leak per delivery adds (100 subscribers x 30,000 messages in a
+    // heavy run's second half: 3 million deliveries).
     assert!(
-        second_half <= first_half + 32 * 1024,
+        second_half <= first_half + 64 * 1024,
         "server RSS peaked at {first_half} KiB in the first half and {second_half} KiB in the second"
     );
-    assert!(second_half.max(first_half) < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB");
     stop.raise();
     peer.kill();
 }
