@@ -1,10 +1,13 @@
 //! Fault scenarios (§3 of the design notes' reliability checklist) as
 //! cases over Unix sockets on Linux: clients killed in a loop, fd
-//! exhaustion on accept, slow-loris handshakes, a peer that never reads,
-//! and (ignored by default) 10,000 connections. They are instantiated per
-//! adapter by `tests/faults.rs`, which runs them one at a time: they count
-//! this process's file descriptors and memory, which other tests running
-//! beside them would disturb.
+//! exhaustion on accept, slow-loris handshakes and a handshake flood,
+//! keepalive against a silent peer on either side, a peer that never
+//! reads, a subscriber that never reads (paced, and at a fixed rate with
+//! the others' latency measured), and (ignored by default) 10,000
+//! connections. They are instantiated per adapter by `tests/faults.rs`,
+//! and S1, S6 and S7 also on a wharf-mio loop ([`FaultServer`]); it runs
+//! them one at a time: they count this process's file descriptors and
+//! memory, which other tests running beside them would disturb.
 //!
 //! Waits are bounded so that a hang fails instead of stalling the run.
 //! The bounds are generous and are not performance assertions; the one
