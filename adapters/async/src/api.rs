@@ -611,7 +611,7 @@ impl Stream for RawSubscription {
 
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
-        let mut st = self.inner.lock();
+        let mut st = self.inner.lock_cleanup();
         st.subs.remove(&self.id.0);
         let _ = st.conn.unsubscribe(self.id);
     }

@@ -19,6 +19,23 @@ pub trait ByteStream: Send + Unpin + 'static {
 
     /// Shuts down the write side (the peer reads end of stream).
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Writes from `bufs` in order now, without waiting and without
+    /// registering a waker: `Some(Ok(n))` when `n` bytes were taken,
+    /// `Some(Err(WouldBlock))` when none could be. `None` (the default)
+    /// means the stream cannot write this way; it is then not asked again.
+    ///
+    /// This lets the task that queued a message write it itself while the
+    /// connection's driver is idle ("write-through"), saving the driver a
+    /// wake-up. The session calls it under the lock the driver does all its
+    /// I/O under, so it never overlaps the driver's reads and writes; what
+    /// it leaves (would block, partial write) the driver writes later with
+    /// [`poll_write_vectored`](Self::poll_write_vectored), which must
+    /// still be woken when room comes after a `WouldBlock` returned here.
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let _ = bufs;
+        None
+    }
 }
 
 impl ByteStream for Box<dyn ByteStream> {
@@ -30,6 +47,9 @@ impl ByteStream for Box<dyn ByteStream> {
     }
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (**self).poll_shutdown(cx)
+    }
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        (**self).try_write_vectored(bufs)
     }
 }
 

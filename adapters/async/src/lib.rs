@@ -6,10 +6,13 @@
 //! `wharf-smol`, ...) supplies a [`Runtime`] (spawn, timers) and a
 //! [`Network`] (connect, bind); nothing else here knows which runtime runs it.
 //!
-//! One driver task per connection owns the protocol state
-//! ([`wharf_core::Connection`]) and the socket; handles lock the state for
-//! a moment to issue a command and wake the driver, which writes with
-//! vectored writes, never flushing per message.
+//! One driver task per connection runs the protocol state
+//! ([`wharf_core::Connection`]) and the socket, both behind one lock;
+//! handles lock the state for a moment to issue a command and wake the
+//! driver, which writes with vectored writes, never flushing per message.
+//! A handle that queues output while the driver is idle writes it itself
+//! when the stream allows ([`ByteStream::try_write_vectored`]), sparing
+//! the driver a wake-up.
 //!
 //! [`ReconnectingClient`] keeps a client connected across server restarts:
 //! capped exponential backoff with jitter, calls never re-sent unless marked

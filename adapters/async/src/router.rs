@@ -440,7 +440,7 @@ impl Drop for Responder {
         if self.done {
             return;
         }
-        let mut st = self.inner.lock();
+        let mut st = self.inner.lock_cleanup();
         st.serving.remove(&self.id);
         let r = st.conn.respond_error(RequestId(self.id), Code::INTERNAL, "the handler failed", Bytes::new());
         if let Err(SendError::Blocked { .. }) = r {

@@ -3,10 +3,14 @@
 //!
 //! Handles (a [`Session`], call futures, streams, subscriptions) lock the
 //! state briefly to issue a command on the core connection or to look at a
-//! slot, then wake the driver. The driver is the only one that touches the
-//! socket: it reads into the core's buffer, fires timers, dispatches events
-//! into slots (waking whoever waits on them) and writes what the core
-//! queued, with vectored writes and no flush per message.
+//! slot, then wake the driver. The driver reads into the core's buffer,
+//! fires timers, dispatches events into slots (waking whoever waits on them)
+//! and writes what the core queued, with vectored writes and no flush per
+//! message. The socket lives in the state, and every read and write happens
+//! under its lock: while the driver is idle, a handle that queued output on
+//! an empty transmit queue writes it itself ("write-through", when the
+//! stream offers [`ByteStream::try_write_vectored`]) and wakes the driver
+//! only for what did not go out.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -204,6 +208,22 @@ pub(crate) struct State {
     /// The deadline the sleeping driver's timer is set for (`None`: no
     /// deadline). A new earlier deadline wakes the driver to re-arm.
     pub(crate) timer_armed: Option<Instant>,
+    /// The connection's byte stream, read and written only under this
+    /// lock (by the driver, and by handles writing through); taken and
+    /// closed when the session finishes.
+    stream: Option<Box<dyn ByteStream>>,
+    /// Whether the stream offers [`ByteStream::try_write_vectored`]
+    /// (cleared the first time it says it does not).
+    can_write_through: bool,
+    /// A handle wrote through since the driver last ran: output queued
+    /// after that waits for the driver, so that a burst (many tasks woken
+    /// at once, or one task sending in a loop) still goes out in one write.
+    pub(crate) wrote_through: bool,
+    /// The driver woke more than one task since it last started running:
+    /// they are likely to queue output together, so it waits for the
+    /// driver (one write for all) instead of the first of them writing
+    /// alone.
+    pub(crate) driver_woke_many: bool,
 }
 
 impl State {
@@ -227,6 +247,10 @@ impl State {
             names: Names::default(),
             driver_active: false,
             timer_armed: None,
+            stream: None,
+            can_write_through: true,
+            wrote_through: false,
+            driver_woke_many: false,
         }
     }
 
@@ -259,14 +283,80 @@ impl State {
     }
 }
 
-/// The locked state. On drop it releases the lock first, then wakes what
-/// was collected, and the sleeping driver if the core has output to write or
-/// a deadline earlier than the one its timer is set for. No clock is read.
+impl State {
+    /// Whether a handle releasing the lock with output queued (on a
+    /// transmit queue that was empty when it locked) writes it through.
+    fn may_write_through(&self) -> bool {
+        !self.driver_active
+            && self.can_write_through
+            && !self.wrote_through
+            && !self.driver_woke_many
+            && self.conn.wants_write()
+    }
+
+    /// Writes what the connection queued straight to the stream, from the
+    /// task that queued it, while the driver is idle (see [`Locked`]).
+    /// Whatever does not go out (the stream would block, or took only
+    /// part) stays queued for the driver, which the caller then wakes
+    /// because output is left; a failed write fails the connection as a
+    /// failed write of the driver does. One vectored write, another only
+    /// while each took everything offered.
+    fn write_through(&mut self, now: Instant) {
+        let State { conn, stream, can_write_through, wrote_through, .. } = self;
+        let Some(stream) = stream.as_mut() else { return };
+        *wrote_through = true;
+        loop {
+            // What one holder queued: a frame or two (header and payload).
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = conn.transmit_slices(now, &mut slices);
+            if n == 0 {
+                return;
+            }
+            let offered: usize = slices[..n].iter().map(|s| s.len()).sum();
+            match stream.try_write_vectored(&slices[..n]) {
+                None => {
+                    *can_write_through = false;
+                    return;
+                }
+                Some(Ok(0)) => {
+                    conn.handle_transport_error(&std::io::Error::from(std::io::ErrorKind::WriteZero), now);
+                    return;
+                }
+                Some(Ok(k)) => {
+                    conn.advance_transmit(k, now);
+                    if k < offered {
+                        // The socket's buffer is full: the driver waits
+                        // for room.
+                        return;
+                    }
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Some(Err(e)) => {
+                    // The core drops everything queued: the peer is gone.
+                    conn.handle_transport_error(&e, now);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The locked state. On drop, if the driver is idle and the transmit
+/// queue was empty when the lock was taken but holds output now, it first
+/// writes that output itself (write-through); then it releases the lock,
+/// wakes what was collected, and wakes the sleeping driver if the core
+/// still has output to write or a deadline earlier than the one its timer
+/// is set for. The clock is read only to write through.
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, State>>,
     inner: &'a Inner,
     /// Whether to wake the driver (not when the driver itself holds it).
     kick: bool,
+    /// The transmit queue was empty when the lock was taken: output queued
+    /// since is this holder's, with nobody (driver or earlier holder)
+    /// about to write or waiting for room.
+    quiet: bool,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -285,6 +375,9 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let Some(mut g) = self.guard.take() else { return };
+        if self.kick && self.quiet && g.may_write_through() {
+            g.write_through(self.inner.runtime.now());
+        }
         // `poll_timeout` is also "now" when events wait for dispatch.
         let kick = self.kick
             && !g.driver_active
@@ -294,6 +387,9 @@ impl Drop for Locked<'_> {
                     (Some(_), None) => true,
                     (None, _) => false,
                 });
+        if !self.kick && g.to_wake.len() > 1 {
+            g.driver_woke_many = true;
+        }
         // One waker (the usual case) is taken alone, so the vector keeps
         // its capacity: no allocation per operation.
         let (one, rest) = match g.to_wake.len() {
@@ -337,13 +433,28 @@ impl Inner {
     }
 
     pub(crate) fn lock(&self) -> Locked<'_> {
-        Locked { guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())), inner: self, kick: true }
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let quiet = !guard.conn.wants_write();
+        Locked { guard: Some(guard), inner: self, kick: true, quiet }
+    }
+
+    /// The lock of cleanup in drop glue (a dropped responder, call,
+    /// subscription or sender): what it queues is left to the driver,
+    /// never written through. A runtime shutting down drops its tasks in
+    /// any order; a frame written from one dropped before the driver would
+    /// tell the peer more than that the connection ended (a handler
+    /// dropped with its runtime reported as failed, where the caller
+    /// should see the connection lost).
+    pub(crate) fn lock_cleanup(&self) -> Locked<'_> {
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Locked { guard: Some(guard), inner: self, kick: true, quiet: false }
     }
 
     /// The lock as the driver takes it: releasing it never wakes the driver
-    /// (it arranged its own wake-ups before releasing).
+    /// (it arranged its own wake-ups before releasing) nor writes through.
     fn lock_driver(&self) -> Locked<'_> {
-        Locked { guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())), inner: self, kick: false }
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Locked { guard: Some(guard), inner: self, kick: false, quiet: false }
     }
 
     /// Runs `op` on the connection, waiting while the outbound queue is
@@ -373,10 +484,10 @@ impl Inner {
     }
 }
 
-/// The task that owns the socket of one connection.
-pub(crate) struct Driver<S: ByteStream> {
+/// The task that runs one connection: it does the connection's I/O (on the
+/// stream kept in the state) and finishes it.
+pub(crate) struct Driver {
     pub(crate) inner: Arc<Inner>,
-    pub(crate) stream: S,
     pub(crate) timer: Pin<Box<dyn Timer>>,
     pub(crate) timer_at: Option<Instant>,
     pub(crate) eof: bool,
@@ -398,11 +509,13 @@ enum Stop {
     Handlers,
 }
 
-impl<S: ByteStream> Driver<S> {
-    pub(crate) fn new(inner: Arc<Inner>, stream: S) -> Self {
+impl Driver {
+    /// The driver of `inner`'s connection over `stream`.
+    pub(crate) fn new(inner: Arc<Inner>, stream: Box<dyn ByteStream>) -> Self {
         let far = inner.runtime.now() + Duration::from_secs(3600);
         let timer = inner.runtime.timer(far);
-        Driver { inner, stream, timer, timer_at: None, eof: false, shutdown: false, fresh: Vec::new() }
+        inner.lock_driver().stream = Some(stream);
+        Driver { inner, timer, timer_at: None, eof: false, shutdown: false, fresh: Vec::new() }
     }
 
     /// One round: read, timers, events, deliveries, write. Returns whether
@@ -412,11 +525,20 @@ impl<S: ByteStream> Driver<S> {
         let inner = &self.inner;
         let mut progress = false;
 
+        // The stream is there until the session finishes.
+        if st.stream.is_none() {
+            return false;
+        }
+
         // Read.
         let mut reads = 0;
-        while !self.eof && st.conn.wants_read() && reads < READ_BUDGET {
+        while let Some(stream) = st.stream.as_mut()
+            && !self.eof
+            && st.conn.wants_read()
+            && reads < READ_BUDGET
+        {
             let buf = st.conn.recv_buffer();
-            match self.stream.poll_read_buf(cx, buf) {
+            match stream.poll_read_buf(cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
                     st.conn.handle_eof(now);
@@ -455,13 +577,16 @@ impl<S: ByteStream> Driver<S> {
         }
 
         // Write.
-        while !self.shutdown && st.conn.wants_write() {
+        while let Some(stream) = st.stream.as_mut()
+            && !self.shutdown
+            && st.conn.wants_write()
+        {
             let mut slices = [IoSlice::new(&[]); 64];
             let n = st.conn.transmit_slices(now, &mut slices);
             if n == 0 {
                 break;
             }
-            match self.stream.poll_write_vectored(cx, &slices[..n]) {
+            match stream.poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => {
                     let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
                     st.conn.handle_transport_error(&e, now);
@@ -582,7 +707,7 @@ impl<S: ByteStream> Driver<S> {
 /// A driver dropped before the connection ended (its runtime or executor
 /// was shut down): everything waiting on the session fails with
 /// `ConnectionLost` instead of waiting forever.
-impl<S: ByteStream> Drop for Driver<S> {
+impl Drop for Driver {
     fn drop(&mut self) {
         let inner = self.inner.clone();
         let mut st = inner.lock_driver();
@@ -604,12 +729,14 @@ impl<S: ByteStream> Drop for Driver<S> {
     }
 }
 
-/// Marks the session finished, wakes whoever waits for that, and tells the
-/// server (if any) that this session is gone.
+/// Marks the session finished, closes its stream, wakes whoever waits for
+/// that, and tells the server (if any) that this session is gone.
 fn finish(inner: &Arc<Inner>, mut st: Locked<'_>) {
     st.finished = true;
     let wakers = std::mem::take(&mut st.finish_wakers);
     st.to_wake.extend(wakers);
+    // Closed before anyone learns that the session finished.
+    drop(st.stream.take());
     let link = inner.server.clone();
     let err = st.closed.clone();
     drop(st);
@@ -627,7 +754,7 @@ fn yield_now(st: &mut State, cx: &mut TaskContext<'_>) -> Poll<()> {
     Poll::Pending
 }
 
-impl<S: ByteStream> Future for Driver<S> {
+impl Future for Driver {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
@@ -635,9 +762,17 @@ impl<S: ByteStream> Future for Driver<S> {
         this.inner.driver.register(cx.waker());
         let inner = this.inner.clone();
         let mut budget = ROUND_BUDGET;
+        let mut first = true;
         let mut st = loop {
             let mut st = inner.lock_driver();
             st.driver_active = true;
+            if first {
+                // Handles may write through again once this poll is over,
+                // unless it wakes several tasks.
+                first = false;
+                st.wrote_through = false;
+                st.driver_woke_many = false;
+            }
             match this.rounds(cx, &mut st, &mut budget) {
                 Stop::Handlers => {
                     std::mem::swap(&mut st.fresh, &mut this.fresh);
@@ -660,12 +795,12 @@ impl<S: ByteStream> Future for Driver<S> {
         // write side and finish.
         st.driver_active = false;
         if !this.shutdown {
-            drop(st);
-            match this.stream.poll_shutdown(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(_) => this.shutdown = true,
+            if let Some(stream) = st.stream.as_mut()
+                && stream.poll_shutdown(cx).is_pending()
+            {
+                return Poll::Pending;
             }
-            st = inner.lock_driver();
+            this.shutdown = true;
         }
         finish(&inner, st);
         Poll::Ready(())
@@ -923,8 +1058,9 @@ fn push_sub_item(inner: &Inner, st: &mut State, id: wharf_core::SubscriptionId, 
 }
 
 /// Marks a call's outcome as unwanted: cancels it if still running.
+/// Called from drop glue, so the CANCEL is left to the driver.
 pub(crate) fn abandon_call(inner: &Inner, id: u64) {
-    let mut st = inner.lock();
+    let mut st = inner.lock_cleanup();
     match st.calls.get_mut(&id) {
         Some(slot) if slot.result.is_some() => {
             st.calls.remove(&id);

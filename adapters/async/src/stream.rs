@@ -184,7 +184,7 @@ impl<T> Drop for Sender<T> {
         // A caller that drops its sender without finishing still ends its
         // half of the stream, so the callee's reader is not left waiting.
         if self.caller && !self.finished {
-            let mut st = self.inner.lock();
+            let mut st = self.inner.lock_cleanup();
             let _ = st.conn.stream_finish(RequestId(self.id));
         }
         let _ = &self.guard;

@@ -28,7 +28,7 @@
 //! ```
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -131,6 +131,19 @@ impl ByteStream for Stream {
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         AsyncWrite::poll_close(Pin::new(self), cx)
+    }
+
+    /// Sockets write through: one non-blocking `writev` on the socket
+    /// (async-io keeps no readiness of its own to clear; the driver's
+    /// write tries the socket before it waits); named pipes do not.
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        match self {
+            #[cfg(unix)]
+            Stream::Unix(s) => Some(s.get_ref().write_vectored(bufs)),
+            Stream::Tcp(s) => Some(s.get_ref().write_vectored(bufs)),
+            #[cfg(windows)]
+            Stream::Pipe(_) => None,
+        }
     }
 }
 

@@ -107,6 +107,19 @@ impl ByteStream for Stream {
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         AsyncWrite::poll_shutdown(Pin::new(self), cx)
     }
+
+    /// Sockets write through (`try_write_vectored`: a `WouldBlock` clears
+    /// tokio's write readiness, so the driver's next write waits for room);
+    /// named pipes do not.
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        match self {
+            #[cfg(unix)]
+            Stream::Unix(s) => Some(s.try_write_vectored(bufs)),
+            Stream::Tcp(s) => Some(s.try_write_vectored(bufs)),
+            #[cfg(windows)]
+            Stream::PipeServer(_) | Stream::PipeClient(_) => None,
+        }
+    }
 }
 
 impl Stream {
