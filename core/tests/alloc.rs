@@ -43,9 +43,19 @@ thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     /// Bytes requested by those allocations.
     static BYTES: Cell<u64> = const { Cell::new(0) };
+    /// Bytes given back on this thread while counting (for [`held`]).
+    static FREED: Cell<u64> = const { Cell::new(0) };
 }
 
 struct Counting;
+
+fn note_free(size: usize) {
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = FREED.try_with(|f| f.set(f.get() + size as u64));
+        }
+    });
+}
 
 fn note(size: usize) {
     // `try_with`: never panic inside the allocator, even while thread-locals
@@ -75,12 +85,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_free(layout.size());
         // SAFETY: forwarded unchanged; `ptr` came from `System` through this allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        note_free(layout.size());
         // SAFETY: forwarded unchanged; `ptr` came from `System` through this allocator.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -96,6 +108,17 @@ fn count<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     let r = f();
     COUNTING.with(|c| c.set(false));
     (r, ALLOCS.with(Cell::get) - a0, BYTES.with(Cell::get) - b0)
+}
+
+/// Runs `f`, adding to `held` the heap bytes it allocated and did not give
+/// back (negative if it freed more than it took).
+fn held<R>(held: &mut i64, f: impl FnOnce() -> R) -> R {
+    let (b0, f0) = (BYTES.with(Cell::get), FREED.with(Cell::get));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    *held += (BYTES.with(Cell::get) - b0) as i64 - (FREED.with(Cell::get) - f0) as i64;
+    r
 }
 
 /// Allocations attributed to one side of a scenario.
@@ -788,4 +811,46 @@ fn steady_state_allocations_per_message() {
         })
         .collect();
     assert!(failures.is_empty(), "unexpected allocations in the steady state:\n{}", failures.join("\n"));
+}
+
+// ----------------------------------------------------------------------
+// What a connection keeps after its handshake
+// ----------------------------------------------------------------------
+
+/// Once the handshake is over and nothing is buffered, a connection gives
+/// back what the handshake took (its small blocks, the send queue's chunk
+/// list, the event queue's slot): what it keeps on the heap is the peer's
+/// name, copied out of the receive block (a slice of it would keep the
+/// whole block alive), and nothing else.
+#[test]
+fn the_handshake_leaves_only_the_peers_name_on_the_heap() {
+    for name in ["", "a client with a name"] {
+        let now = Instant::now();
+        let config = Arc::new(Config { name: Text::from(name.to_string()), ..Config::default() });
+        // The first clone of a `Text` made from a `String` allocates its
+        // shared header once, for the config (every connection's HELLO
+        // clones it): not the connection's.
+        drop(config.name.clone());
+        let mut wire = Vec::with_capacity(WIRE);
+        let (mut c, mut s) = (0i64, 0i64);
+        let mut client = held(&mut c, || Connection::client(config.clone(), Bytes::new(), now).expect("client"));
+        let mut server = held(&mut s, || Connection::server(config.clone(), now).expect("server"));
+        held(&mut c, || write_out(&mut client, &mut wire, now));
+        held(&mut s, || {
+            read_in(&mut server, &mut wire, now);
+            assert!(matches!(server.poll_event(), Some(Event::HandshakeRequest(_))));
+            server.accept(1).expect("accept");
+            write_out(&mut server, &mut wire, now);
+        });
+        held(&mut c, || read_in(&mut client, &mut wire, now));
+        // The `Connected` events are kept: they hold the peer's name.
+        let server_side = held(&mut s, || server.poll_event());
+        let client_side = held(&mut c, || client.poll_event());
+        for (side, ev, bytes) in [("server", server_side, s), ("client", client_side, c)] {
+            let Some(Event::Connected(connected)) = ev else { panic!("{side}: not connected") };
+            assert_eq!(connected.peer_name.as_str(), name);
+            assert_eq!(bytes, name.len() as i64, "{side} ({name:?}): heap bytes kept after the handshake");
+        }
+        assert!(client.is_established() && server.is_established());
+    }
 }

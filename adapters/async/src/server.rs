@@ -65,7 +65,6 @@ pub(crate) struct Flags {
 struct Entry {
     inner: Arc<Inner>,
     flags: Arc<Flags>,
-    name: Text,
     /// Counted in `per_user` (released when the session ends).
     per_user: bool,
 }
@@ -136,7 +135,6 @@ impl ServerLink {
         if let Ok(mut s) = shared.sessions.lock()
             && let Some(e) = s.get_mut(&self.id)
         {
-            e.name = req.client_name.clone();
             e.per_user = true;
         } else {
             shared.per_user().release(inner.peer.uid);
@@ -239,9 +237,11 @@ impl ServerLink {
         if entry.as_ref().is_some_and(|e| e.per_user) {
             shared.per_user().release(inner.peer.uid);
         }
-        let was_connected = inner.lock().connected.is_some();
-        if was_connected && let (Some(hook), Some(entry)) = (&shared.on_disconnect, entry) {
-            let info = SessionInfo { connection_id: self.id, client_name: entry.name, peer: inner.peer };
+        // The client's name as the core copied it at the handshake (the
+        // HELLO's own text is a slice of the receive block, not kept).
+        let name = inner.lock().connected.as_ref().map(|c| c.peer_name.clone());
+        if let (Some(hook), Some(client_name), Some(_)) = (&shared.on_disconnect, name, entry) {
+            let info = SessionInfo { connection_id: self.id, client_name, peer: inner.peer };
             let err = err.unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: String::new() });
             hook(&info, &err);
         }
@@ -342,7 +342,7 @@ impl ServerShared {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Entry { inner: inner.clone(), flags, name: Text::new(), per_user: false });
+            .insert(id, Entry { inner: inner.clone(), flags, per_user: false });
         tracing::debug!(connection_id = id, ?peer, "wharf: accepted a connection");
         self.backend.runtime.spawn(Box::pin(Driver::new(inner, stream)));
         let evict = self.gate().accepted(id);

@@ -415,6 +415,11 @@ impl<S: ByteStream> Driver<S> {
         // Read.
         let mut reads = 0;
         while !self.eof && st.conn.wants_read() && reads < READ_BUDGET {
+            // No block to read into: wait for data before taking one, so
+            // that an idle connection holds none.
+            if !st.conn.has_recv_room() && self.stream.poll_read_ready(cx).is_pending() {
+                break;
+            }
             let buf = st.conn.recv_buffer();
             match self.stream.poll_read_buf(cx, buf) {
                 Poll::Ready(Ok(0)) => {
@@ -939,3 +944,7 @@ pub(crate) fn abandon_call(inner: &Inner, id: u64) {
         None => {}
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -19,6 +19,13 @@ use crate::wire::{
 
 use super::MIN_PEER_FRAME;
 
+/// A copy of `t` in an allocation of its own (none if empty), for text
+/// kept for the connection's lifetime: a slice of the frame would pin the
+/// whole receive block it came in.
+fn own_text(t: &Text) -> Text {
+    if t.is_empty() { Text::new() } else { Text::from(t.as_str().to_owned()) }
+}
+
 fn hint(ms: u32) -> Option<Duration> {
     (ms != NO_HINT).then(|| Duration::from_millis(u64::from(ms)))
 }
@@ -169,7 +176,7 @@ impl Connection {
             max_subscriptions: 0,
             initial_stream_window: h.initial_stream_window,
         };
-        self.peer_name = h.client_name.clone();
+        self.peer_name = own_text(&h.client_name);
         self.state = State::ServerAwaitAccept;
         self.emit(Event::HandshakeRequest(HandshakeRequest {
             version: hi,
@@ -201,7 +208,7 @@ impl Connection {
             max_subscriptions: w.max_subscriptions,
             initial_stream_window: w.initial_stream_window,
         };
-        self.peer_name = w.server_name;
+        self.peer_name = own_text(&w.server_name);
         self.establish();
     }
 

@@ -331,6 +331,10 @@ pub struct Connection {
     recv_small: bool,
     /// The last input filled the small block: the traffic needs a full one.
     recv_filled: bool,
+    /// The handshake is done and its small blocks (and the send queue's and
+    /// event queue's first slots) are still held: they are given back the
+    /// first time nothing is buffered (see [`Connection::settle`]).
+    settle: bool,
     preamble_seen: usize,
     pending_header: Option<crate::wire::Header>,
 
@@ -425,6 +429,7 @@ impl Connection {
             recv_spare: SpareBlock::default(),
             recv_small: true,
             recv_filled: false,
+            settle: false,
             preamble_seen: 0,
             pending_header: None,
             out: SendQueue::default(),
@@ -461,10 +466,9 @@ impl Connection {
             pending_publishes: 0,
             pings: VecDeque::new(),
             next_ping: 1,
-            // One slot: a driver that polls events as they come (the
-            // handshake's two, one at a time) never needs more, and a
-            // first push would otherwise take four.
-            events: VecDeque::with_capacity(1),
+            // No slot until the first event, which takes one (see
+            // `queue_event`).
+            events: VecDeque::new(),
             event_bytes: 0,
             read_paused: false,
             close: None,
@@ -588,6 +592,18 @@ impl Connection {
         self.stats.bytes_received += data.len() as u64;
         self.note_received(data.len());
         self.process_input();
+    }
+
+    /// Whether the receive buffer has room to read into without taking a
+    /// block. False for a new connection, for one whose blocks were given
+    /// back (after its handshake, by [`release_buffers`](Self::release_buffers)
+    /// or by the keepalive), and when the block in use is full:
+    /// [`recv_buffer`](Self::recv_buffer) would then take one (or reclaim
+    /// one in place). A driver that can wait for its transport to become
+    /// readable should do so before calling it in that case, so that an
+    /// idle connection holds no receive block.
+    pub fn has_recv_room(&self) -> bool {
+        self.recv.capacity() > self.recv.len()
     }
 
     /// The receive buffer, for reading from the transport without a copy:
@@ -725,8 +741,32 @@ impl Connection {
         }
         self.out.release();
         self.scratch = BytesMut::new();
-        if self.events.is_empty() && self.events.capacity() > 1 {
-            self.events = VecDeque::with_capacity(1);
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+    }
+
+    /// After the handshake, the first time nothing is buffered (no partial
+    /// frame received, nothing to write, no event to hand out): gives back
+    /// the small blocks the handshake took, the send queue's chunk list and
+    /// the event queue's slot, so that a connection that goes idle right
+    /// after its handshake holds no buffer at all. Called where output
+    /// drains and where the last event is taken. If the traffic moved to
+    /// full blocks before such a moment came, they are kept (a busy
+    /// connection is not made to allocate them again); the keepalive gives
+    /// them back once the peer falls silent.
+    #[cold]
+    fn settle(&mut self) {
+        if !self.is_established() {
+            self.settle = false;
+            return;
+        }
+        if !self.recv.is_empty() || !self.out.is_empty() || !self.events.is_empty() {
+            return;
+        }
+        self.settle = false;
+        if self.recv_small && self.recv_spare.capacity() == 0 && !self.out.holds_full_block() {
+            self.release_buffers();
         }
     }
 
@@ -1051,6 +1091,9 @@ impl Connection {
         };
         self.event_bytes -= freed;
         self.note_read_resume();
+        if self.settle {
+            self.settle();
+        }
         Some(e)
     }
 
@@ -1112,6 +1155,7 @@ impl Connection {
 
     fn establish(&mut self) {
         self.state = State::Established;
+        self.settle = true;
         self.last_recv = self.now;
         let peer_name = std::mem::take(&mut self.peer_name);
         self.emit(Event::Connected(Connected {
@@ -1677,6 +1721,11 @@ impl Connection {
 
     fn queue_event(&mut self, held: usize, q: Queued) {
         self.event_bytes += held;
+        if self.events.capacity() == 0 {
+            // One slot: a driver that polls events as they come never
+            // needs more, and a first push would otherwise take four.
+            self.events.reserve_exact(1);
+        }
         self.events.push_back(q);
         if self.event_bytes >= self.config.max_inbound_buffered {
             self.note_read_pause();
@@ -1857,6 +1906,9 @@ impl Connection {
         }
         self.check_writable();
         self.note_read_resume();
+        if self.settle {
+            self.settle();
+        }
     }
 
     /// Counts the moment reading becomes paused (`wants_read` turns
