@@ -338,7 +338,6 @@ impl ServerShared {
             Some(link),
             self.sub_queue,
         );
-        self.broker().add_subscriber(SubscriberId(id));
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
