@@ -615,10 +615,9 @@ fn finish(inner: &Arc<Inner>, mut st: Locked<'_>) {
     st.finished = true;
     let wakers = std::mem::take(&mut st.finish_wakers);
     st.to_wake.extend(wakers);
-    let link = inner.server.clone();
     let err = st.closed.clone();
     drop(st);
-    if let Some(link) = link {
+    if let Some(link) = &inner.server {
         link.finished(inner, err);
     }
 }
