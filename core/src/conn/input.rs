@@ -111,7 +111,9 @@ impl Connection {
                 Frame::Hello(h) => self.on_hello(h),
                 other => self.unexpected(other.frame_type(), "the first frame must be HELLO"),
             },
-            State::ServerAwaitAccept => self.unexpected(frame.frame_type(), "nothing may follow HELLO before WELCOME"),
+            State::ServerAwaitAccept(_) => {
+                self.unexpected(frame.frame_type(), "nothing may follow HELLO before WELCOME")
+            }
             State::ClientAwaitWelcome => match frame {
                 Frame::Welcome(w) => self.on_welcome(w),
                 Frame::Reject(r) => self.on_reject(r),
@@ -176,8 +178,7 @@ impl Connection {
             max_subscriptions: 0,
             initial_stream_window: h.initial_stream_window,
         };
-        self.peer_name = own_text(&h.client_name);
-        self.state = State::ServerAwaitAccept;
+        self.state = State::ServerAwaitAccept(own_text(&h.client_name));
         self.emit(Event::HandshakeRequest(HandshakeRequest {
             version: hi,
             client_name: h.client_name,
@@ -208,8 +209,7 @@ impl Connection {
             max_subscriptions: w.max_subscriptions,
             initial_stream_window: w.initial_stream_window,
         };
-        self.peer_name = own_text(&w.server_name);
-        self.establish();
+        self.establish(own_text(&w.server_name));
     }
 
     fn on_reject(&mut self, r: Reject) {
@@ -403,13 +403,13 @@ impl Connection {
                         !std::mem::replace(&mut c.goodbye_sent, true)
                     }
                     None => {
-                        self.close = Some(super::Closing {
+                        self.close = Some(Box::new(super::Closing {
                             initiated_locally: false,
                             goodbye_sent: true,
                             local: None,
                             received,
                             deadline: self.now + self.config.close_timeout,
-                        });
+                        }));
                         true
                     }
                 };

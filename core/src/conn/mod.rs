@@ -125,7 +125,8 @@ pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 #[derive(Debug)]
 enum State {
     ServerAwaitHello,
-    ServerAwaitAccept,
+    /// HELLO received: the client's name, for `Connected`.
+    ServerAwaitAccept(Text),
     ClientAwaitWelcome,
     Established,
     Closed(ConnectionError),
@@ -354,7 +355,6 @@ pub struct Connection {
     version: u16,
     connection_id: u64,
     peer: PeerLimits,
-    peer_name: Text,
     keepalive: Option<Duration>,
     last_recv: Instant,
     keepalive_outstanding: bool,
@@ -378,7 +378,8 @@ pub struct Connection {
     event_bytes: usize,
     read_paused: bool,
 
-    close: Option<Closing>,
+    /// Boxed: only a closing connection has one.
+    close: Option<Box<Closing>>,
     stats: Stats,
 }
 
@@ -447,7 +448,6 @@ impl Connection {
                 max_subscriptions: 0,
                 initial_stream_window: 0,
             },
-            peer_name: Text::new(),
             keepalive: None,
             last_recv: now,
             keepalive_outstanding: false,
@@ -1104,12 +1104,13 @@ impl Connection {
     /// Server: accepts the client announced by [`Event::HandshakeRequest`],
     /// giving the connection a non-zero id.
     pub fn accept(&mut self, connection_id: u64) -> Result<(), SendError> {
-        if !matches!(self.state, State::ServerAwaitAccept) {
+        let State::ServerAwaitAccept(peer_name) = &mut self.state else {
             return Err(self.state_error("accept is only valid after a HandshakeRequest"));
-        }
+        };
         if connection_id == 0 {
             return Err(SendError::Invalid { what: "connection id", reason: "must not be 0" });
         }
+        let peer_name = std::mem::take(peer_name);
         let welcome = Frame::Welcome(Welcome {
             connection_id,
             version: self.version,
@@ -1124,7 +1125,7 @@ impl Connection {
         self.out.push_raw(&PREAMBLE);
         self.enqueue(&welcome);
         self.connection_id = connection_id;
-        self.establish();
+        self.establish(peer_name);
         Ok(())
     }
 
@@ -1153,11 +1154,12 @@ impl Connection {
         }));
     }
 
-    fn establish(&mut self) {
+    /// The handshake is complete; `peer_name` is the peer's, copied out of
+    /// its frame.
+    fn establish(&mut self, peer_name: Text) {
         self.state = State::Established;
         self.settle = true;
         self.last_recv = self.now;
-        let peer_name = std::mem::take(&mut self.peer_name);
         self.emit(Event::Connected(Connected {
             connection_id: self.connection_id,
             version: self.version,
@@ -1652,7 +1654,7 @@ impl Connection {
         match self.state {
             State::Closed(_) => return,
             State::Established => {}
-            State::ServerAwaitAccept | State::ServerAwaitHello => {
+            State::ServerAwaitAccept(_) | State::ServerAwaitHello => {
                 let _ = self.reject(code, message, reconnect_after);
                 return;
             }
@@ -1670,13 +1672,13 @@ impl Connection {
                 c.local = Some((code, message.to_string()));
             }
             None => {
-                self.close = Some(Closing {
+                self.close = Some(Box::new(Closing {
                     initiated_locally: true,
                     goodbye_sent: true,
                     local: Some((code, message.to_string())),
                     received: None,
                     deadline: self.now + self.config.close_timeout,
-                });
+                }));
             }
         }
         self.enqueue(&Frame::Goodbye(Goodbye {
@@ -1931,7 +1933,7 @@ impl Connection {
     /// The terminal error of a graceful close: ours if we started it, the
     /// peer's (with its reconnect hint) if it did.
     fn close_error(&self) -> ConnectionError {
-        match &self.close {
+        match self.close.as_deref() {
             Some(Closing { initiated_locally: false, received: Some((code, message, reconnect_after)), .. }) => {
                 ConnectionError::PeerClosed {
                     code: *code,
