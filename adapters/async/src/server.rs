@@ -169,7 +169,7 @@ impl ServerLink {
         if let Some(hook) = &self.shared.on_connect {
             let info = SessionInfo {
                 connection_id: self.id,
-                client_name: st.connected.as_ref().map(|c| c.peer_name.clone()).unwrap_or_default(),
+                client_name: st.peer_name.clone().unwrap_or_default(),
                 peer: inner.peer,
             };
             hook(&info);
@@ -237,7 +237,7 @@ impl ServerLink {
         }
         // The client's name as the core copied it at the handshake (the
         // HELLO's own text is a slice of the receive block, not kept).
-        let name = inner.lock().connected.as_ref().map(|c| c.peer_name.clone());
+        let name = inner.lock().peer_name.clone();
         if let (Some(hook), Some(client_name), Some(_)) = (&shared.on_disconnect, name, entry) {
             let info = SessionInfo { connection_id: self.id, client_name, peer: inner.peer };
             let err = err.unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: String::new() });

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use wharf_core::{Code, Connected, Connection, ConnectionError, Event, SendError, Text};
+use wharf_core::{Code, Connection, ConnectionError, Event, SendError, Text};
 use wharf_transport::PeerIdentity;
 
 use crate::codec::Codec;
@@ -33,6 +33,44 @@ use crate::server::ServerLink;
 /// not an identity hash a peer could aim at one bucket; and it is several
 /// times cheaper than SipHash on the per-call path.
 pub(crate) type IdMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+
+/// An [`IdMap`] made at its first insertion (one pointer until then), for
+/// the slots of a kind of operation a connection may never use.
+pub(crate) struct LazyMap<V>(Option<Box<IdMap<V>>>);
+
+impl<V> Default for LazyMap<V> {
+    fn default() -> Self {
+        LazyMap(None)
+    }
+}
+
+impl<V> LazyMap<V> {
+    pub(crate) fn get(&self, id: &u64) -> Option<&V> {
+        self.0.as_ref()?.get(id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(id)
+    }
+
+    pub(crate) fn insert(&mut self, id: u64, v: V) -> Option<V> {
+        self.0.get_or_insert_with(Default::default).insert(id, v)
+    }
+
+    pub(crate) fn remove(&mut self, id: &u64) -> Option<V> {
+        self.0.as_mut()?.remove(id)
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().flat_map(|m| m.values_mut())
+    }
+
+    /// Whether the map was made (something was inserted once).
+    #[cfg(test)]
+    pub(crate) fn is_made(&self) -> bool {
+        self.0.is_some()
+    }
+}
 
 /// Recently used method names and topics as shared [`Text`], so that a
 /// caller passing the same `&str` again does not allocate a new string per
@@ -177,19 +215,23 @@ pub struct Goodbye {
     pub reconnect_after: Option<Duration>,
 }
 
+/// The session's state, one per connection, behind its lock. What only
+/// some connections ever use (calls, subscriptions, publishes, pings, the
+/// end) is made when first needed, so that an idle connection is small.
 pub(crate) struct State {
     pub(crate) conn: Connection,
-    pub(crate) connected: Option<Connected>,
+    /// The peer's name, once the handshake completed.
+    pub(crate) peer_name: Option<Text>,
     pub(crate) connect_waker: Option<Waker>,
-    pub(crate) closed: Option<ConnectionError>,
+    pub(crate) closed: Option<Box<ConnectionError>>,
     pub(crate) finished: bool,
     pub(crate) finish_wakers: Vec<Waker>,
-    pub(crate) goodbye: Option<Goodbye>,
-    pub(crate) calls: IdMap<OutSlot>,
-    pub(crate) serving: IdMap<InSlot>,
-    pub(crate) subs: IdMap<SubSlot>,
-    pub(crate) publishes: IdMap<AckSlot<u32>>,
-    pub(crate) pings: IdMap<AckSlot<Duration>>,
+    pub(crate) goodbye: Option<Box<Goodbye>>,
+    pub(crate) calls: LazyMap<OutSlot>,
+    pub(crate) serving: LazyMap<InSlot>,
+    pub(crate) subs: LazyMap<SubSlot>,
+    pub(crate) publishes: LazyMap<AckSlot<u32>>,
+    pub(crate) pings: LazyMap<AckSlot<Duration>>,
     pub(crate) writable: Vec<Waker>,
     /// Wakers collected under the lock, woken once it is released.
     pub(crate) to_wake: Vec<Waker>,
@@ -210,17 +252,17 @@ impl State {
     pub(crate) fn new(conn: Connection) -> State {
         State {
             conn,
-            connected: None,
+            peer_name: None,
             connect_waker: None,
             closed: None,
             finished: false,
             finish_wakers: Vec::new(),
             goodbye: None,
-            calls: IdMap::default(),
-            serving: IdMap::default(),
-            subs: IdMap::default(),
-            publishes: IdMap::default(),
-            pings: IdMap::default(),
+            calls: LazyMap::default(),
+            serving: LazyMap::default(),
+            subs: LazyMap::default(),
+            publishes: LazyMap::default(),
+            pings: LazyMap::default(),
             writable: Vec::new(),
             to_wake: Vec::new(),
             fresh: Vec::new(),
@@ -238,7 +280,7 @@ impl State {
 
     /// The error operations get once the connection is gone.
     pub(crate) fn closed_error(&self) -> Option<Error> {
-        self.closed.clone().map(Error::ConnectionLost)
+        self.closed.as_deref().cloned().map(Error::ConnectionLost)
     }
 
     /// Maps a refused command to the error the caller sees. A command
@@ -248,7 +290,7 @@ impl State {
         match e {
             SendError::Closing => Error::Remote {
                 code: Code::SHUTTING_DOWN,
-                message: match &self.goodbye {
+                message: match self.goodbye.as_deref() {
                     Some(g) if !g.message.is_empty() => format!("the connection is closing: {}", g.message),
                     _ => "the connection is closing; the operation was not sent".to_string(),
                 },
@@ -615,7 +657,7 @@ fn finish(inner: &Arc<Inner>, mut st: Locked<'_>) {
     st.finished = true;
     let wakers = std::mem::take(&mut st.finish_wakers);
     st.to_wake.extend(wakers);
-    let err = st.closed.clone();
+    let err = st.closed.as_deref().cloned();
     drop(st);
     if let Some(link) = &inner.server {
         link.finished(inner, err);
@@ -684,7 +726,7 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
             None => tracing::error!("wharf: handshake request on a client connection"),
         },
         Event::Connected(c) => {
-            st.connected = Some(c);
+            st.peer_name = Some(c.peer_name);
             let w = st.connect_waker.take();
             st.wake(w);
             if let Some(link) = &inner.server {
@@ -802,11 +844,11 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
         }
         Event::GoodbyeReceived { code, message, reconnect_after } => {
             tracing::debug!(%code, %message, ?reconnect_after, "wharf: peer said goodbye");
-            st.goodbye = Some(Goodbye { code, message: message.to_string(), reconnect_after });
+            st.goodbye = Some(Box::new(Goodbye { code, message: message.to_string(), reconnect_after }));
         }
         Event::Closed(err) => {
             tracing::debug!(error = %err, "wharf: connection closed");
-            st.closed = Some(err.clone());
+            st.closed = Some(Box::new(err.clone()));
             let e = Error::ConnectionLost(err);
             let mut ws: Vec<Waker> = std::mem::take(&mut st.writable);
             ws.extend(st.connect_waker.take());

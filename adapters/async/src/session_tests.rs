@@ -127,7 +127,7 @@ fn connected() -> Rig {
     assert!(matches!(server.poll_event(), Some(Event::Connected(_))));
     write_to(&mut server, &pipe.to_us, now);
     assert!(driver.as_mut().poll(&mut cx).is_pending());
-    assert!(inner.lock().connected.is_some(), "the WELCOME was read");
+    assert!(inner.lock().peer_name.is_some(), "the WELCOME was read");
     Rig { inner, driver, pipe, server }
 }
 
@@ -149,4 +149,25 @@ fn an_idle_session_holds_no_receive_block() {
     assert!(driver.as_mut().poll(&mut cx).is_pending());
     assert!(pipe.to_us.lock().unwrap().is_empty(), "the notification was read");
     assert!(inner.lock().conn.stats().frames_received >= 2);
+}
+
+#[test]
+fn an_idle_session_makes_no_slot_maps_until_used() {
+    let Rig { inner, mut driver, pipe, .. } = connected();
+    let mut cx = Context::from_waker(Waker::noop());
+    {
+        let st = inner.lock();
+        let made = [st.calls.is_made(), st.serving.is_made(), st.subs.is_made(), st.publishes.is_made()];
+        assert_eq!(made, [false; 4], "calls, serving, subs, publishes");
+        assert!(!st.pings.is_made() && st.closed.is_none() && st.goodbye.is_none());
+    }
+    // A call makes its map (and only that one).
+    let session = crate::Session { inner: inner.clone() };
+    let mut call = Box::pin(session.call_raw("m", Bytes::from_static(b"x"), Default::default()));
+    assert!(call.as_mut().poll(&mut cx).is_pending());
+    assert!(driver.as_mut().poll(&mut cx).is_pending());
+    assert!(!pipe.from_us.lock().unwrap().is_empty(), "the request went out");
+    let st = inner.lock();
+    assert!(st.calls.is_made() && st.calls.get(&1).is_some());
+    assert!(!st.serving.is_made() && !st.subs.is_made());
 }
