@@ -37,7 +37,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("connection_id", &self.connection_id())
-            .field("peer", &self.inner.peer)
+            .field("peer", &self.inner.peer())
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +55,7 @@ impl Session {
 
     /// Who is at the other end, as the kernel reported it.
     pub fn peer(&self) -> PeerIdentity {
-        self.inner.peer
+        self.inner.peer()
     }
 
     /// The codec typed calls from this side use.

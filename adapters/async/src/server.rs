@@ -121,8 +121,8 @@ impl ServerLink {
             );
             return;
         }
-        if !shared.per_user().try_admit(inner.peer.uid) {
-            tracing::debug!(connection_id = self.id, uid = ?inner.peer.uid, "wharf: too many connections for this user");
+        if !shared.per_user().try_admit(inner.peer().uid) {
+            tracing::debug!(connection_id = self.id, uid = ?inner.peer().uid, "wharf: too many connections for this user");
             let _ = st.conn.reject(
                 Code::TOO_MANY_CONNECTIONS,
                 "too many connections for this user",
@@ -135,7 +135,7 @@ impl ServerLink {
         {
             self.flags.per_user.store(true, Ordering::Relaxed);
         } else {
-            shared.per_user().release(inner.peer.uid);
+            shared.per_user().release(inner.peer().uid);
         }
         match &shared.auth {
             None => {
@@ -146,7 +146,7 @@ impl ServerLink {
                     connection_id: self.id,
                     client_name: req.client_name,
                     auth: req.auth,
-                    peer: inner.peer,
+                    peer: inner.peer(),
                 });
                 let inner = inner.clone();
                 let id = self.id;
@@ -170,7 +170,7 @@ impl ServerLink {
             let info = SessionInfo {
                 connection_id: self.id,
                 client_name: st.peer_name.clone().unwrap_or_default(),
-                peer: inner.peer,
+                peer: inner.peer(),
             };
             hook(&info);
         }
@@ -233,13 +233,13 @@ impl ServerLink {
         shared.gate().forget(self.id);
         let entry = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         if entry.is_some() && self.flags.per_user.load(Ordering::Relaxed) {
-            shared.per_user().release(inner.peer.uid);
+            shared.per_user().release(inner.peer().uid);
         }
         // The client's name as the core copied it at the handshake (the
         // HELLO's own text is a slice of the receive block, not kept).
         let name = inner.lock().peer_name.clone();
         if let (Some(hook), Some(client_name), Some(_)) = (&shared.on_disconnect, name, entry) {
-            let info = SessionInfo { connection_id: self.id, client_name, peer: inner.peer };
+            let info = SessionInfo { connection_id: self.id, client_name, peer: inner.peer() };
             let err = err.unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: String::new() });
             hook(&info, &err);
         }
@@ -355,7 +355,7 @@ impl ServerShared {
     fn evict_handshake(&self, id: u64) {
         let inner = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
         let Some(inner) = inner else { return };
-        tracing::debug!(connection_id = id, peer = ?inner.peer, "wharf: too many pending handshakes; closing the oldest");
+        tracing::debug!(connection_id = id, peer = ?inner.peer(), "wharf: too many pending handshakes; closing the oldest");
         let now = self.backend.runtime.now();
         inner.lock().conn.abort(Code::HANDSHAKE_TIMEOUT, "too many pending handshakes; the oldest is closed", now);
         inner.driver.wake();

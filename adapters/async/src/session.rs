@@ -120,7 +120,7 @@ pub(crate) struct Inner {
     pub(crate) driver: AtomicWaker,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) router: Arc<Router>,
-    pub(crate) peer: PeerIdentity,
+    peer: KeptPeer,
     pub(crate) codec: Codec,
     pub(crate) server: Option<ServerLink>,
     pub(crate) sub_queue_limit: usize,
@@ -128,7 +128,32 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("Session").field("peer", &self.peer()).finish_non_exhaustive()
+    }
+}
+
+/// The peer's identity as a session keeps it: the ids (all that a Unix
+/// socket gives) inline, and only when there is more (a TCP address, a
+/// named pipe's SID) the whole [`PeerIdentity`] boxed, so that a Unix
+/// connection does not carry a hundred bytes of empty fields.
+struct KeptPeer {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<u32>,
+    full: Option<Box<PeerIdentity>>,
+}
+
+impl KeptPeer {
+    fn new(p: PeerIdentity) -> Self {
+        let full = (p.addr.is_some() || p.sid.is_some()).then(|| Box::new(p));
+        KeptPeer { uid: p.uid, gid: p.gid, pid: p.pid, full }
+    }
+
+    fn get(&self) -> PeerIdentity {
+        match &self.full {
+            Some(p) => **p,
+            None => PeerIdentity { uid: self.uid, gid: self.gid, pid: self.pid, ..PeerIdentity::default() },
+        }
     }
 }
 
@@ -371,11 +396,16 @@ impl Inner {
             driver: AtomicWaker::new(),
             runtime,
             router,
-            peer,
+            peer: KeptPeer::new(peer),
             codec,
             server,
             sub_queue_limit,
         })
+    }
+
+    /// Who is at the other end, as the kernel reported it.
+    pub(crate) fn peer(&self) -> PeerIdentity {
+        self.peer.get()
     }
 
     pub(crate) fn lock(&self) -> Locked<'_> {

@@ -171,3 +171,17 @@ fn an_idle_session_makes_no_slot_maps_until_used() {
     assert!(st.calls.is_made() && st.calls.get(&1).is_some());
     assert!(!st.serving.is_made() && !st.subs.is_made());
 }
+
+#[test]
+fn the_kept_peer_identity_is_the_kernels_and_small() {
+    use super::KeptPeer;
+    use wharf_transport::Sid;
+    let unix = PeerIdentity { uid: Some(1000), gid: Some(100), pid: Some(42), ..PeerIdentity::default() };
+    let tcp = PeerIdentity { addr: Some("127.0.0.1:9".parse().unwrap()), ..PeerIdentity::default() };
+    let pipe = PeerIdentity { pid: Some(7), sid: Some(Sid::LOCAL_SYSTEM), ..PeerIdentity::default() };
+    for p in [unix, tcp, pipe, PeerIdentity::default()] {
+        assert_eq!(KeptPeer::new(p).get(), p);
+    }
+    assert!(KeptPeer::new(unix).full.is_none(), "a Unix peer's ids are kept inline");
+    assert!(std::mem::size_of::<KeptPeer>() * 3 <= std::mem::size_of::<PeerIdentity>());
+}
