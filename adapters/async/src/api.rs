@@ -406,7 +406,7 @@ impl Session {
                     .unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: "closed".into() });
                 return Poll::Ready(e);
             }
-            st.finish_wakers.push(cx.waker().clone());
+            st.waiters().finish.push(cx.waker().clone());
             Poll::Pending
         })
     }

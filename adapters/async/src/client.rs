@@ -231,7 +231,7 @@ impl ConnectParts {
             if let Some(e) = st.closed.as_deref().cloned() {
                 return Poll::Ready(Err(Error::ConnectionLost(e)));
             }
-            st.connect_waker = Some(cx.waker().clone());
+            st.waiters().connect = Some(cx.waker().clone());
             Poll::Pending
         })
         .await?;

@@ -74,27 +74,26 @@ impl<V> LazyMap<V> {
 
 /// Recently used method names and topics as shared [`Text`], so that a
 /// caller passing the same `&str` again does not allocate a new string per
-/// call (a hit costs a reference-count increment).
+/// call (a hit costs a reference-count increment). Made at the first name
+/// (a session that sends no call or publish has none).
 #[derive(Default)]
-pub(crate) struct Names {
-    slots: Vec<Text>,
-    next: usize,
-}
+pub(crate) struct Names(Option<Box<(Vec<Text>, usize)>>);
 
 impl Names {
     const CAP: usize = 16;
 
     /// The shared text for `s`, remembered for next time.
     pub(crate) fn get(&mut self, s: &str) -> Text {
-        if let Some(t) = self.slots.iter().find(|t| t.as_str() == s) {
+        let (slots, next) = &mut **self.0.get_or_insert_with(Default::default);
+        if let Some(t) = slots.iter().find(|t| t.as_str() == s) {
             return t.clone();
         }
         let t = Text::from(s.to_string());
-        if self.slots.len() < Self::CAP {
-            self.slots.push(t.clone());
+        if slots.len() < Self::CAP {
+            slots.push(t.clone());
         } else {
-            self.slots[self.next] = t.clone();
-            self.next = (self.next + 1) % Self::CAP;
+            slots[*next] = t.clone();
+            *next = (*next + 1) % Self::CAP;
         }
         t
     }
@@ -229,6 +228,14 @@ impl<T> Default for AckSlot<T> {
     }
 }
 
+/// Tasks waiting for the connection to be made (the client's `connect`)
+/// or to end (`Session::closed`).
+#[derive(Default)]
+pub(crate) struct Waiters {
+    pub(crate) connect: Option<Waker>,
+    pub(crate) finish: Vec<Waker>,
+}
+
 /// What the peer said in its GOODBYE.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Goodbye {
@@ -247,10 +254,11 @@ pub(crate) struct State {
     pub(crate) conn: Connection,
     /// The peer's name, once the handshake completed.
     pub(crate) peer_name: Option<Text>,
-    pub(crate) connect_waker: Option<Waker>,
+    /// Who waits for the connection to be made or to end; made when the
+    /// first does ([`State::waiters`]).
+    pub(crate) waiters: Option<Box<Waiters>>,
     pub(crate) closed: Option<Box<ConnectionError>>,
     pub(crate) finished: bool,
-    pub(crate) finish_wakers: Vec<Waker>,
     pub(crate) goodbye: Option<Box<Goodbye>>,
     pub(crate) calls: LazyMap<OutSlot>,
     pub(crate) serving: LazyMap<InSlot>,
@@ -278,10 +286,9 @@ impl State {
         State {
             conn,
             peer_name: None,
-            connect_waker: None,
+            waiters: None,
             closed: None,
             finished: false,
-            finish_wakers: Vec::new(),
             goodbye: None,
             calls: LazyMap::default(),
             serving: LazyMap::default(),
@@ -295,6 +302,11 @@ impl State {
             driver_active: false,
             timer_armed: None,
         }
+    }
+
+    /// The waiters, made if there were none.
+    pub(crate) fn waiters(&mut self) -> &mut Waiters {
+        self.waiters.get_or_insert_with(Default::default)
     }
 
     pub(crate) fn wake(&mut self, w: Option<Waker>) {
@@ -685,8 +697,10 @@ impl<S: ByteStream> Drop for Driver<S> {
 /// server (if any) that this session is gone.
 fn finish(inner: &Arc<Inner>, mut st: Locked<'_>) {
     st.finished = true;
-    let wakers = std::mem::take(&mut st.finish_wakers);
-    st.to_wake.extend(wakers);
+    if let Some(w) = st.waiters.as_mut() {
+        let wakers = std::mem::take(&mut w.finish);
+        st.to_wake.extend(wakers);
+    }
     let err = st.closed.as_deref().cloned();
     drop(st);
     if let Some(link) = &inner.server {
@@ -757,7 +771,7 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
         },
         Event::Connected(c) => {
             st.peer_name = Some(c.peer_name);
-            let w = st.connect_waker.take();
+            let w = st.waiters.as_mut().and_then(|w| w.connect.take());
             st.wake(w);
             if let Some(link) = &inner.server {
                 link.connected(inner, st);
@@ -881,7 +895,7 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
             st.closed = Some(Box::new(err.clone()));
             let e = Error::ConnectionLost(err);
             let mut ws: Vec<Waker> = std::mem::take(&mut st.writable);
-            ws.extend(st.connect_waker.take());
+            ws.extend(st.waiters.as_mut().and_then(|w| w.connect.take()));
             for s in st.subs.values_mut() {
                 if s.ended.is_none() {
                     s.ended = Some(e.clone());

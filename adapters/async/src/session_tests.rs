@@ -152,7 +152,7 @@ fn an_idle_session_holds_no_receive_block() {
 }
 
 #[test]
-fn an_idle_session_makes_no_slot_maps_until_used() {
+fn an_idle_session_makes_no_slot_maps_waiters_or_names_until_used() {
     let Rig { inner, mut driver, pipe, .. } = connected();
     let mut cx = Context::from_waker(Waker::noop());
     {
@@ -160,6 +160,7 @@ fn an_idle_session_makes_no_slot_maps_until_used() {
         let made = [st.calls.is_made(), st.serving.is_made(), st.subs.is_made(), st.publishes.is_made()];
         assert_eq!(made, [false; 4], "calls, serving, subs, publishes");
         assert!(!st.pings.is_made() && st.closed.is_none() && st.goodbye.is_none());
+        assert!(st.waiters.is_none() && st.names.0.is_none(), "no waiters, no names");
     }
     // A call makes its map (and only that one).
     let session = crate::Session { inner: inner.clone() };
@@ -170,6 +171,7 @@ fn an_idle_session_makes_no_slot_maps_until_used() {
     let st = inner.lock();
     assert!(st.calls.is_made() && st.calls.get(&1).is_some());
     assert!(!st.serving.is_made() && !st.subs.is_made());
+    assert!(st.names.0.is_some(), "the method name is remembered");
 }
 
 #[test]
