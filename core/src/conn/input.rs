@@ -293,7 +293,7 @@ impl Connection {
                     Some(Code::SHUTTING_DOWN)
                 } else if (topic.is_empty() && !prefix) || topic.len() > self.config.max_topic_len as usize {
                     Some(Code::INVALID_TOPIC)
-                } else if self.subs.len() >= self.config.max_subscriptions as usize {
+                } else if self.subs().len() >= self.config.max_subscriptions as usize {
                     Some(Code::TOO_MANY_SUBSCRIPTIONS)
                 } else {
                     None
@@ -303,8 +303,9 @@ impl Connection {
                     self.enqueue(&Frame::Ack { id, status: code, value: 0 });
                     return;
                 }
-                self.subs.insert(id, SubState::Pending);
-                self.ops.insert(id, Op::Subscribe);
+                let p = self.pubsub();
+                p.subs.insert(id, SubState::Pending);
+                p.ops.insert(id, Op::Subscribe);
                 self.emit(Event::Subscribe { id: SubscriptionId(id), topic, prefix, policy });
             }
             Frame::Unsubscribe { id, subscription } => {
@@ -316,9 +317,9 @@ impl Connection {
                 }
                 // A batch for it must not grow past this point.
                 self.out.end_batch();
-                let status = match self.subs.remove(&subscription) {
+                let status = match self.remove_sub(subscription) {
                     Some(state) => {
-                        if state == SubState::Pending && self.ops.remove(&subscription).is_some() {
+                        if state == SubState::Pending && self.remove_op(subscription).is_some() {
                             // The application never answered the SUBSCRIBE:
                             // acknowledge it now so each operation gets one ACK.
                             self.enqueue(&Frame::Ack { id: subscription, status: Code::OK, value: 0 });
@@ -358,7 +359,7 @@ impl Connection {
                     return;
                 }
                 let ack = (id != 0).then(|| {
-                    self.ops.insert(id, Op::Publish);
+                    self.pubsub().ops.insert(id, Op::Publish);
                     self.pending_publishes += 1;
                     PublishId(id)
                 });
@@ -435,7 +436,7 @@ impl Connection {
             self.unexpected(frame, "only servers deliver");
             return None;
         }
-        match self.subs.get(&id) {
+        match self.subs().get(&id) {
             Some(SubState::Pending | SubState::Active) => Some(SubscriptionId(id)),
             _ if self.issued_by_us(id) => {
                 self.stats.stale_frames_ignored += 1;
@@ -652,7 +653,7 @@ impl Connection {
         if self.role != Role::Client {
             return self.unexpected(FrameType::Ack, "only servers acknowledge");
         }
-        let Some(op) = self.ops.remove(&id) else {
+        let Some(op) = self.remove_op(id) else {
             return self.bad_id(FrameType::Ack, id, "acknowledges no pending operation");
         };
         let ok = status == Code::OK;
@@ -660,18 +661,18 @@ impl Connection {
         match op {
             Op::Subscribe => {
                 if ok {
-                    if let Some(s) = self.subs.get_mut(&id)
+                    if let Some(s) = self.pubsub_mut().and_then(|p| p.subs.get_mut(&id))
                         && *s == SubState::Pending
                     {
                         *s = SubState::Active;
                     }
-                } else if self.subs.get(&id) == Some(&SubState::Pending) {
-                    self.subs.remove(&id);
+                } else if self.subs().get(&id) == Some(&SubState::Pending) {
+                    self.remove_sub(id);
                 }
                 self.emit(Event::SubscribeResult { id: SubscriptionId(id), result });
             }
             Op::Unsubscribe(sub) => {
-                self.subs.remove(&sub);
+                self.remove_sub(sub);
                 self.emit(Event::UnsubscribeResult { id: SubscriptionId(sub), result });
             }
             Op::Publish => {

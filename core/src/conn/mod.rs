@@ -185,6 +185,20 @@ enum Op {
     Publish,
 }
 
+/// Pub/sub bookkeeping of a connection: its subscriptions (client: ours;
+/// server: the client's) and the operations waiting for an ACK. A
+/// connection that only makes calls never has one.
+#[derive(Debug, Default)]
+struct PubSub {
+    subs: IdMap<SubState>,
+    ops: IdMap<Op>,
+}
+
+/// What [`Connection::subs`] and [`Connection::ops`] show before there is
+/// a [`PubSub`].
+static NO_SUBS: IdMap<SubState> = HashMap::with_hasher(BuildHasherDefault::new());
+static NO_OPS: IdMap<Op> = HashMap::with_hasher(BuildHasherDefault::new());
+
 #[derive(Debug)]
 struct Closing {
     /// We sent GOODBYE first (`close`), rather than answering the peer's.
@@ -367,8 +381,8 @@ pub struct Connection {
     out_streams: u32,
     in_streams: u32,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    subs: IdMap<SubState>,
-    ops: IdMap<Op>,
+    /// Boxed: made at the first subscription or acknowledged publish.
+    pubsub: Option<Box<PubSub>>,
     pending_publishes: u32,
     pings: VecDeque<Ping>,
     next_ping: u64,
@@ -461,8 +475,7 @@ impl Connection {
             out_streams: 0,
             in_streams: 0,
             timers: BinaryHeap::new(),
-            subs: IdMap::default(),
-            ops: IdMap::default(),
+            pubsub: None,
             pending_publishes: 0,
             pings: VecDeque::new(),
             next_ping: 1,
@@ -568,7 +581,7 @@ impl Connection {
 
     /// Subscriptions known to this connection (client: ours; server: the client's).
     pub fn subscription_count(&self) -> usize {
-        self.subs.len()
+        self.subs().len()
     }
 
     /// Bytes held by undelivered events (payloads and strings, plus 64 per event).
@@ -1419,7 +1432,7 @@ impl Connection {
         let topic = topic.into();
         self.check_topic(&topic, options.prefix)?;
         let limit = self.config.max_subscriptions.min(self.peer.max_subscriptions);
-        if self.subs.len() >= limit as usize {
+        if self.subs().len() >= limit as usize {
             return Err(SendError::TooManySubscriptions { limit });
         }
         let id = self.next_op;
@@ -1427,8 +1440,9 @@ impl Connection {
         let len = self.check_frame(&frame)?;
         self.check_room()?;
         self.next_op += 2;
-        self.subs.insert(id, SubState::Pending);
-        self.ops.insert(id, Op::Subscribe);
+        let p = self.pubsub();
+        p.subs.insert(id, SubState::Pending);
+        p.ops.insert(id, Op::Subscribe);
         self.enqueue_len(&frame, len);
         Ok(SubscriptionId(id))
     }
@@ -1441,18 +1455,19 @@ impl Connection {
         if let State::Closed(e) = &self.state {
             return Err(SendError::Closed(e.clone()));
         }
-        match self.subs.get(&id.0) {
+        match self.subs().get(&id.0) {
             Some(SubState::Pending | SubState::Active) => {}
             _ => return Err(SendError::UnknownCall { id: id.0 }),
         }
         if self.close.is_some() {
-            self.subs.remove(&id.0);
+            self.remove_sub(id.0);
             return Ok(());
         }
         let op = self.next_op;
         self.next_op += 2;
-        self.subs.insert(id.0, SubState::Unsubscribing);
-        self.ops.insert(op, Op::Unsubscribe(id.0));
+        let p = self.pubsub();
+        p.subs.insert(id.0, SubState::Unsubscribing);
+        p.ops.insert(op, Op::Unsubscribe(id.0));
         self.enqueue(&Frame::Unsubscribe { id: op, subscription: id.0 });
         Ok(())
     }
@@ -1481,7 +1496,7 @@ impl Connection {
         if want_ack {
             self.next_op += 2;
             self.pending_publishes += 1;
-            self.ops.insert(id, Op::Publish);
+            self.pubsub().ops.insert(id, Op::Publish);
             Ok(Some(PublishId(id)))
         } else {
             Ok(None)
@@ -1509,15 +1524,15 @@ impl Connection {
     fn finish_subscribe(&mut self, id: SubscriptionId, code: Code) -> Result<(), SendError> {
         self.check_server("accept or refuse a subscription")?;
         self.check_can_answer()?;
-        if !matches!(self.ops.get(&id.0), Some(Op::Subscribe)) {
+        if !matches!(self.ops().get(&id.0), Some(Op::Subscribe)) {
             return Err(SendError::UnknownCall { id: id.0 });
         }
-        self.ops.remove(&id.0);
+        self.remove_op(id.0);
         if code == Code::OK {
-            self.subs.insert(id.0, SubState::Active);
+            self.pubsub().subs.insert(id.0, SubState::Active);
         } else {
             self.out.end_batch();
-            self.subs.remove(&id.0);
+            self.remove_sub(id.0);
         }
         self.enqueue(&Frame::Ack { id: id.0, status: code, value: 0 });
         self.maybe_finish_close();
@@ -1529,7 +1544,7 @@ impl Connection {
     pub fn ack_publish(&mut self, id: PublishId, result: Result<u32, Code>) -> Result<(), SendError> {
         self.check_server("acknowledge a publish")?;
         self.check_can_answer()?;
-        if !matches!(self.ops.get(&id.0), Some(Op::Publish)) {
+        if !matches!(self.ops().get(&id.0), Some(Op::Publish)) {
             return Err(SendError::UnknownCall { id: id.0 });
         }
         let (status, value) = match result {
@@ -1537,7 +1552,7 @@ impl Connection {
             Err(Code::OK) => return Err(SendError::Invalid { what: "code", reason: "refusing needs a non-OK code" }),
             Err(c) => (c, 0),
         };
-        self.ops.remove(&id.0);
+        self.remove_op(id.0);
         self.pending_publishes -= 1;
         self.enqueue(&Frame::Ack { id: id.0, status, value });
         self.maybe_finish_close();
@@ -1613,7 +1628,7 @@ impl Connection {
     fn check_deliverable(&self, subscription: SubscriptionId) -> Result<(), SendError> {
         self.check_server("deliver")?;
         self.check_can_answer()?;
-        match self.subs.get(&subscription.0) {
+        match self.subs().get(&subscription.0) {
             Some(SubState::Active | SubState::Pending) => Ok(()),
             _ => Err(SendError::UnknownCall { id: subscription.0 }),
         }
@@ -1703,6 +1718,36 @@ impl Connection {
     // ------------------------------------------------------------------
     // Internals
     // ------------------------------------------------------------------
+
+    /// The subscriptions (none before the first).
+    fn subs(&self) -> &IdMap<SubState> {
+        self.pubsub.as_ref().map_or(&NO_SUBS, |p| &p.subs)
+    }
+
+    /// The operations waiting for an ACK (none before the first).
+    fn ops(&self) -> &IdMap<Op> {
+        self.pubsub.as_ref().map_or(&NO_OPS, |p| &p.ops)
+    }
+
+    /// The pub/sub bookkeeping, made if there was none.
+    fn pubsub(&mut self) -> &mut PubSub {
+        self.pubsub.get_or_insert_with(Default::default)
+    }
+
+    /// The pub/sub bookkeeping, if any.
+    fn pubsub_mut(&mut self) -> Option<&mut PubSub> {
+        self.pubsub.as_deref_mut()
+    }
+
+    /// Forgets a subscription; its state if it was known.
+    fn remove_sub(&mut self, id: u64) -> Option<SubState> {
+        self.pubsub_mut()?.subs.remove(&id)
+    }
+
+    /// Forgets an operation waiting for an ACK; it if it was known.
+    fn remove_op(&mut self, id: u64) -> Option<Op> {
+        self.pubsub_mut()?.ops.remove(&id)
+    }
 
     fn is_ours(&self, id: u64) -> bool {
         (id & 1 == 1) == (self.role == Role::Client)
@@ -1956,7 +2001,7 @@ impl Connection {
             && !self.is_closed()
             && self.outgoing.is_empty()
             && self.incoming.is_empty()
-            && self.ops.is_empty()
+            && self.ops().is_empty()
         {
             let err = self.close_error();
             self.fail(err, None);
@@ -1992,7 +2037,7 @@ impl Connection {
             self.emit(Event::CallCancelled { id: RequestId(id), reason: CancelReason::ConnectionLost(err.clone()) });
         }
         if self.role == Role::Client {
-            let mut ops: Vec<(u64, Op)> = self.ops.iter().map(|(k, v)| (*k, *v)).collect();
+            let mut ops: Vec<(u64, Op)> = self.ops().iter().map(|(k, v)| (*k, *v)).collect();
             ops.sort_unstable_by_key(|(k, _)| *k);
             for (id, op) in ops {
                 let lost = Err(AckError::ConnectionLost(err.clone()));
@@ -2005,8 +2050,7 @@ impl Connection {
         }
         self.outgoing.clear();
         self.incoming.clear();
-        self.ops.clear();
-        self.subs.clear();
+        self.pubsub = None;
         self.pings.clear();
         self.timers.clear();
         self.out_streams = 0;
