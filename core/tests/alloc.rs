@@ -854,3 +854,72 @@ fn the_handshake_leaves_only_the_peers_name_on_the_heap() {
         assert!(client.is_established() && server.is_established());
     }
 }
+
+/// A connected pair with a one-second keepalive: the interval, the time,
+/// the wire and the two sides.
+fn keepalive_pair() -> (Duration, Instant, Vec<u8>, Connection, Connection) {
+    let k = Duration::from_secs(1);
+    let now = Instant::now();
+    let mut wire = Vec::with_capacity(WIRE);
+    let (client, server) = pair(Config { keepalive_interval: Some(k), ..Config::default() }, now, &mut wire);
+    (k, now, wire, client, server)
+}
+
+/// After its handshake, a connection holds nothing but the peer's name
+/// (above); a keepalive round (the server's PING, the client's PONG) then
+/// takes one small block each way and nothing else: no chunk list (the
+/// coalescing block is written from as it is), no shared header for either
+/// block (nothing is cut from them: a PING or PONG has no body), no queue
+/// of pings (the keepalive's PING is tracked apart from the application's).
+#[test]
+fn a_keepalive_round_takes_only_the_small_blocks() {
+    let (k, mut now, mut wire, mut client, mut server) = keepalive_pair();
+    let (mut c, mut s) = (0i64, 0i64);
+    now += k;
+    held(&mut s, || {
+        server.handle_timeout(now);
+        write_out(&mut server, &mut wire, now);
+    });
+    held(&mut c, || {
+        read_in(&mut client, &mut wire, now);
+        write_out(&mut client, &mut wire, now);
+    });
+    held(&mut s, || read_in(&mut server, &mut wire, now));
+    assert!(client.poll_event().is_none() && server.poll_event().is_none());
+    assert_eq!(server.stats().keepalive_pings, 1);
+    assert_eq!(s, 2 * 256, "server: a small send block and a small receive block");
+    assert_eq!(c, 2 * 256, "client: the same, for the PING it read and the PONG it sent");
+}
+
+/// A peer that keeps talking but never answers PING: each keepalive
+/// interval of its silence sends a new PING, and the connection remembers
+/// only the latest, not one more per interval.
+#[test]
+fn unanswered_keepalive_pings_do_not_pile_up() {
+    let (k, mut now, mut wire, mut client, mut server) = keepalive_pair();
+    let mut s = 0i64;
+    let mut after_first = 0;
+    let mut lost = Vec::with_capacity(WIRE);
+    for round in 0..200 {
+        now += k;
+        held(&mut s, || {
+            server.handle_timeout(now);
+            // Its PING never reaches the client.
+            write_out(&mut server, &mut lost, now);
+        });
+        lost.clear();
+        now += Duration::from_millis(10);
+        client.notify("still here", payload(8), CallOptions::new()).expect("notify");
+        write_out(&mut client, &mut wire, now);
+        held(&mut s, || {
+            read_in(&mut server, &mut wire, now);
+            while server.poll_event().is_some() {}
+        });
+        if round == 0 {
+            after_first = s;
+        }
+    }
+    assert_eq!(server.stats().keepalive_pings, 200);
+    assert!(server.is_established());
+    assert_eq!(s, after_first, "server heap after 200 unanswered PINGs");
+}

@@ -65,8 +65,16 @@ impl Connection {
                 break;
             }
             self.pending_header = None;
-            let mut body = self.recv.split_to(total).freeze();
-            body.advance(HEADER_LEN);
+            let body = if header.len == 0 {
+                // No body (PING, PONG, CANCEL, ...): nothing is cut from
+                // the block, which then stays unshared.
+                self.recv.advance(HEADER_LEN);
+                Bytes::new()
+            } else {
+                let mut body = self.recv.split_to(total).freeze();
+                body.advance(HEADER_LEN);
+                body
+            };
             self.stats.frames_received += 1;
             // One entry over the limit is kept so the frame is still
             // refused for it, with memory bounded by the limit.
@@ -382,11 +390,10 @@ impl Connection {
             }
             Frame::Ack { id, status, value } => self.on_ack(id, status, value),
             Frame::Ping { id } => self.enqueue(&Frame::Pong { id }),
+            Frame::Pong { id } if id != 0 && id == self.keepalive_ping => self.keepalive_ping = 0,
             Frame::Pong { id } => match self.pings.iter().position(|p| p.id == id) {
                 Some(i) => {
-                    if let Some(p) = self.pings.remove(i)
-                        && p.user
-                    {
+                    if let Some(p) = self.pings.remove(i) {
                         self.emit(Event::Pong { id, rtt: self.now.saturating_duration_since(p.sent) });
                     }
                 }

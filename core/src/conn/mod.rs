@@ -218,11 +218,11 @@ enum Queued {
     Batch { subscription: SubscriptionId, topic: Text, batch: MessageBatch },
 }
 
+/// A PING the application sent ([`Connection::ping`]).
 #[derive(Debug)]
 struct Ping {
     id: u64,
     sent: Instant,
-    user: bool,
 }
 
 /// Longest GOODBYE message or REJECT reason we send: with the fixed fields
@@ -384,7 +384,12 @@ pub struct Connection {
     /// Boxed: made at the first subscription or acknowledged publish.
     pubsub: Option<Box<PubSub>>,
     pending_publishes: u32,
+    /// The application's PINGs waiting for their PONG.
     pings: VecDeque<Ping>,
+    /// The keepalive's PING waiting for its PONG (0: none). Not in `pings`,
+    /// so that a connection exchanging only keepalives never makes that
+    /// queue, and a newer keepalive PING replaces an unanswered one.
+    keepalive_ping: u64,
     next_ping: u64,
 
     // Events.
@@ -478,6 +483,7 @@ impl Connection {
             pubsub: None,
             pending_publishes: 0,
             pings: VecDeque::new(),
+            keepalive_ping: 0,
             next_ping: 1,
             // No slot until the first event, which takes one (see
             // `queue_event`).
@@ -906,7 +912,7 @@ impl Connection {
                 self.keepalive_outstanding = true;
                 self.stats.keepalive_pings += 1;
                 let id = self.alloc_ping();
-                self.pings.push_back(Ping { id, sent: now, user: false });
+                self.keepalive_ping = id;
                 self.enqueue(&Frame::Ping { id });
             }
         }
@@ -1642,11 +1648,11 @@ impl Connection {
     pub fn ping(&mut self, now: Instant) -> Result<u64, SendError> {
         self.tick(now);
         self.check_can_answer()?;
-        if self.pings.iter().filter(|p| p.user).count() >= MAX_PINGS {
+        if self.pings.len() >= MAX_PINGS {
             return Err(SendError::TooManyInFlight { limit: MAX_PINGS as u32 });
         }
         let id = self.alloc_ping();
-        self.pings.push_back(Ping { id, sent: self.now, user: true });
+        self.pings.push_back(Ping { id, sent: self.now });
         self.enqueue(&Frame::Ping { id });
         Ok(id)
     }
@@ -2052,6 +2058,7 @@ impl Connection {
         self.incoming.clear();
         self.pubsub = None;
         self.pings.clear();
+        self.keepalive_ping = 0;
         self.timers.clear();
         self.out_streams = 0;
         self.in_streams = 0;
