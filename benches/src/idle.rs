@@ -11,6 +11,12 @@
 //! it holds every connection open and sends nothing; it counts the server's
 //! user-space memory only, not the kernel's socket buffers.
 //!
+//! Optional `hold=SECS`: wait that long after the last connection before
+//! reading "after" (e.g. past the keepalive interval, 10 s by default, to
+//! see what an idle connection holds once keepalives were exchanged; the
+//! wharf client runs its runtime meanwhile, so its connections answer);
+//! run by hand as a role, no suite sets it.
+//!
 //! Servers (each raises its own open-file limit for N + 64 descriptors):
 //! - `raw-hold-server`: std `accept`, writes one byte to say it accepted,
 //!   keeps the socket in a `Vec`; completion = the client read that byte;
@@ -47,7 +53,7 @@ pub fn hold_server(p: &Params) -> Result<()> {
 
 /// Idle clients of `raw-hold-server`.
 pub fn raw_client(p: &Params) -> Result<Vec<Metric>> {
-    idle(p, |path| {
+    idle(p, std::thread::sleep, |path| {
         let mut s = UnixStream::connect(path)?;
         let mut b = [0u8; 1];
         s.read_exact(&mut b)?;
@@ -59,7 +65,7 @@ pub fn raw_client(p: &Params) -> Result<Vec<Metric>> {
 pub fn tokio_echo_client(p: &Params) -> Result<Vec<Metric>> {
     let req = frame(&[0x5Au8; MSG]);
     let mut resp = vec![0u8; req.len()];
-    idle(p, |path| {
+    idle(p, std::thread::sleep, |path| {
         let mut s = UnixStream::connect(path)?;
         s.write_all(&req)?;
         s.read_exact(&mut resp)?;
@@ -70,12 +76,16 @@ pub fn tokio_echo_client(p: &Params) -> Result<Vec<Metric>> {
 /// Idle wharf clients: each connects and completes the handshake.
 pub fn wharf_client(p: &Params) -> Result<Vec<Metric>> {
     let rt = runtime(p)?;
-    idle(p, |path| Ok(rt.block_on(wharf::tokio::connect(path))?))
+    idle(
+        p,
+        |d| rt.block_on(async { tokio::time::sleep(d).await }),
+        |path| Ok(rt.block_on(wharf::tokio::connect(path))?),
+    )
 }
 
 /// The procedure of the module documentation, with `open` opening and
-/// completing one connection.
-fn idle<C>(p: &Params, mut open: impl FnMut(&Path) -> Result<C>) -> Result<Vec<Metric>> {
+/// completing one connection and `wait` waiting for `hold=`.
+fn idle<C>(p: &Params, wait: impl Fn(Duration), mut open: impl FnMut(&Path) -> Result<C>) -> Result<Vec<Metric>> {
     let conns: usize = p.get("conns")?;
     let pid: u32 = p.get("server_pid")?;
     let socket = p.socket()?;
@@ -88,6 +98,9 @@ fn idle<C>(p: &Params, mut open: impl FnMut(&Path) -> Result<C>) -> Result<Vec<M
         held.push(open(&socket).map_err(|e| format!("connection {} of {conns}: {e}", i + 1))?);
     }
     let connect = t0.elapsed().as_secs_f64();
+    if let Some(hold) = p.opt::<f64>("hold")? {
+        wait(Duration::from_secs_f64(hold));
+    }
     let after = settled_rss(pid)?;
     let per = (after as f64 - before as f64) / conns as f64;
     Ok(vec![

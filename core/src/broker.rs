@@ -520,6 +520,13 @@ impl Broker {
     /// and answers it on that connection: accepted, or refused with the
     /// code [`refusal_code`](Self::refusal_code) gives. Every driver answers a
     /// SUBSCRIBE this way, so that the code lives once.
+    ///
+    /// A subscriber not known yet is added first
+    /// ([`add_subscriber`](Self::add_subscriber)), so a server need not
+    /// register its connections in advance: one that never subscribes
+    /// costs the broker nothing. The driver still removes the subscriber
+    /// when its connection ends ([`remove_subscriber`](Self::remove_subscriber);
+    /// removing one never added is harmless).
     pub fn subscribe_on(
         &mut self,
         subscriber: SubscriberId,
@@ -529,6 +536,7 @@ impl Broker {
         prefix: bool,
         policy: SlowConsumerPolicy,
     ) -> Result<(), SendError> {
+        self.subscribers.entry(subscriber).or_default();
         match self.subscribe(subscriber, subscription, topic, prefix, policy) {
             Ok(()) => conn.accept_subscription(subscription),
             Err(e) => {
@@ -542,8 +550,9 @@ impl Broker {
     /// The ACK code [`subscribe_on`](Self::subscribe_on) answers a refusal
     /// with: the broker's own limits (`TOO_MANY_SUBSCRIPTIONS`,
     /// `INVALID_TOPIC`), `SLOW_CONSUMER` for a subscriber being disconnected
-    /// as too slow, `UNAVAILABLE` for one the broker no longer knows (its
-    /// connection is being torn down), `INTERNAL` for a subscription id
+    /// as too slow, `UNAVAILABLE` for one the broker does not know (glue
+    /// calling [`subscribe`](Self::subscribe) for a connection it already
+    /// removed; `subscribe_on` adds unknown subscribers), `INTERNAL` for a subscription id
     /// registered twice (the connection refuses reused ids first, so this
     /// means the driver registered it twice).
     pub fn refusal_code(e: &BrokerError) -> Code {

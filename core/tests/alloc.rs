@@ -43,9 +43,19 @@ thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     /// Bytes requested by those allocations.
     static BYTES: Cell<u64> = const { Cell::new(0) };
+    /// Bytes given back on this thread while counting (for [`held`]).
+    static FREED: Cell<u64> = const { Cell::new(0) };
 }
 
 struct Counting;
+
+fn note_free(size: usize) {
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = FREED.try_with(|f| f.set(f.get() + size as u64));
+        }
+    });
+}
 
 fn note(size: usize) {
     // `try_with`: never panic inside the allocator, even while thread-locals
@@ -75,12 +85,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_free(layout.size());
         // SAFETY: forwarded unchanged; `ptr` came from `System` through this allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        note_free(layout.size());
         // SAFETY: forwarded unchanged; `ptr` came from `System` through this allocator.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -96,6 +108,17 @@ fn count<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     let r = f();
     COUNTING.with(|c| c.set(false));
     (r, ALLOCS.with(Cell::get) - a0, BYTES.with(Cell::get) - b0)
+}
+
+/// Runs `f`, adding to `held` the heap bytes it allocated and did not give
+/// back (negative if it freed more than it took).
+fn held<R>(held: &mut i64, f: impl FnOnce() -> R) -> R {
+    let (b0, f0) = (BYTES.with(Cell::get), FREED.with(Cell::get));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    *held += (BYTES.with(Cell::get) - b0) as i64 - (FREED.with(Cell::get) - f0) as i64;
+    r
 }
 
 /// Allocations attributed to one side of a scenario.
@@ -788,4 +811,115 @@ fn steady_state_allocations_per_message() {
         })
         .collect();
     assert!(failures.is_empty(), "unexpected allocations in the steady state:\n{}", failures.join("\n"));
+}
+
+// ----------------------------------------------------------------------
+// What a connection keeps after its handshake
+// ----------------------------------------------------------------------
+
+/// Once the handshake is over and nothing is buffered, a connection gives
+/// back what the handshake took (its small blocks, the send queue's chunk
+/// list, the event queue's slot): what it keeps on the heap is the peer's
+/// name, copied out of the receive block (a slice of it would keep the
+/// whole block alive), and nothing else.
+#[test]
+fn the_handshake_leaves_only_the_peers_name_on_the_heap() {
+    for name in ["", "a client with a name"] {
+        let now = Instant::now();
+        let config = Arc::new(Config { name: Text::from(name.to_string()), ..Config::default() });
+        // The first clone of a `Text` made from a `String` allocates its
+        // shared header once, for the config (every connection's HELLO
+        // clones it): not the connection's.
+        drop(config.name.clone());
+        let mut wire = Vec::with_capacity(WIRE);
+        let (mut c, mut s) = (0i64, 0i64);
+        let mut client = held(&mut c, || Connection::client(config.clone(), Bytes::new(), now).expect("client"));
+        let mut server = held(&mut s, || Connection::server(config.clone(), now).expect("server"));
+        held(&mut c, || write_out(&mut client, &mut wire, now));
+        held(&mut s, || {
+            read_in(&mut server, &mut wire, now);
+            assert!(matches!(server.poll_event(), Some(Event::HandshakeRequest(_))));
+            server.accept(1).expect("accept");
+            write_out(&mut server, &mut wire, now);
+        });
+        held(&mut c, || read_in(&mut client, &mut wire, now));
+        // The `Connected` events are kept: they hold the peer's name.
+        let server_side = held(&mut s, || server.poll_event());
+        let client_side = held(&mut c, || client.poll_event());
+        for (side, ev, bytes) in [("server", server_side, s), ("client", client_side, c)] {
+            let Some(Event::Connected(connected)) = ev else { panic!("{side}: not connected") };
+            assert_eq!(connected.peer_name.as_str(), name);
+            assert_eq!(bytes, name.len() as i64, "{side} ({name:?}): heap bytes kept after the handshake");
+        }
+        assert!(client.is_established() && server.is_established());
+    }
+}
+
+/// A connected pair with a one-second keepalive: the interval, the time,
+/// the wire and the two sides.
+fn keepalive_pair() -> (Duration, Instant, Vec<u8>, Connection, Connection) {
+    let k = Duration::from_secs(1);
+    let now = Instant::now();
+    let mut wire = Vec::with_capacity(WIRE);
+    let (client, server) = pair(Config { keepalive_interval: Some(k), ..Config::default() }, now, &mut wire);
+    (k, now, wire, client, server)
+}
+
+/// After its handshake, a connection holds nothing but the peer's name
+/// (above); a keepalive round (the server's PING, the client's PONG) then
+/// takes one small block each way and nothing else: no chunk list (the
+/// coalescing block is written from as it is), no shared header for either
+/// block (nothing is cut from them: a PING or PONG has no body), no queue
+/// of pings (the keepalive's PING is tracked apart from the application's).
+#[test]
+fn a_keepalive_round_takes_only_the_small_blocks() {
+    let (k, mut now, mut wire, mut client, mut server) = keepalive_pair();
+    let (mut c, mut s) = (0i64, 0i64);
+    now += k;
+    held(&mut s, || {
+        server.handle_timeout(now);
+        write_out(&mut server, &mut wire, now);
+    });
+    held(&mut c, || {
+        read_in(&mut client, &mut wire, now);
+        write_out(&mut client, &mut wire, now);
+    });
+    held(&mut s, || read_in(&mut server, &mut wire, now));
+    assert!(client.poll_event().is_none() && server.poll_event().is_none());
+    assert_eq!(server.stats().keepalive_pings, 1);
+    assert_eq!(s, 2 * 256, "server: a small send block and a small receive block");
+    assert_eq!(c, 2 * 256, "client: the same, for the PING it read and the PONG it sent");
+}
+
+/// A peer that keeps talking but never answers PING: each keepalive
+/// interval of its silence sends a new PING, and the connection remembers
+/// only the latest, not one more per interval.
+#[test]
+fn unanswered_keepalive_pings_do_not_pile_up() {
+    let (k, mut now, mut wire, mut client, mut server) = keepalive_pair();
+    let mut s = 0i64;
+    let mut after_first = 0;
+    let mut lost = Vec::with_capacity(WIRE);
+    for round in 0..200 {
+        now += k;
+        held(&mut s, || {
+            server.handle_timeout(now);
+            // Its PING never reaches the client.
+            write_out(&mut server, &mut lost, now);
+        });
+        lost.clear();
+        now += Duration::from_millis(10);
+        client.notify("still here", payload(8), CallOptions::new()).expect("notify");
+        write_out(&mut client, &mut wire, now);
+        held(&mut s, || {
+            read_in(&mut server, &mut wire, now);
+            while server.poll_event().is_some() {}
+        });
+        if round == 0 {
+            after_first = s;
+        }
+    }
+    assert_eq!(server.stats().keepalive_pings, 200);
+    assert!(server.is_established());
+    assert_eq!(s, after_first, "server heap after 200 unanswered PINGs");
 }

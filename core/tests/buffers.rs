@@ -165,3 +165,55 @@ fn keepalive_of_a_silent_connection_releases_full_blocks() {
     echo(&mut client, &mut server, 100_000, 3, now);
     assert!(client.is_established() && server.is_established());
 }
+
+#[test]
+fn the_handshake_leaves_no_buffer_behind() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(Config { keepalive_interval: None, ..Config::default() }, now);
+    // Once the handshake's frames are written and read and its events
+    // taken, both sides give their small blocks back: an idle connection
+    // holds no buffer, and a driver asking `has_recv_room` waits for data
+    // before taking one.
+    assert_eq!(server.buffered_capacity(), 0);
+    assert_eq!(client.buffered_capacity(), 0);
+    assert!(!server.has_recv_room() && !client.has_recv_room());
+
+    // The first call takes small blocks again, not full ones.
+    echo(&mut client, &mut server, 64, 1, now);
+    assert!(server.buffered_capacity() <= 2 * SMALL, "{}", server.buffered_capacity());
+    assert!(server.has_recv_room());
+    // Only once: a connection that went on talking keeps its small blocks.
+    for i in 0..10 {
+        echo(&mut client, &mut server, 64, i, now);
+        assert!(server.buffered_capacity() > 0 && client.buffered_capacity() > 0);
+    }
+}
+
+#[test]
+fn the_handshake_blocks_go_only_once_nothing_is_buffered() {
+    let now = Instant::now();
+    let config = Arc::new(Config { keepalive_interval: None, ..Config::default() });
+    let mut client = Connection::client(config.clone(), Bytes::new(), now).unwrap();
+    let mut server = Connection::server(config, now).unwrap();
+    flush(&mut client, &mut server, now);
+    assert!(matches!(server.poll_event(), Some(Event::HandshakeRequest(_))));
+    server.accept(1).unwrap();
+    // The server calls the client at once: its REQUEST reaches the client
+    // in the same read as the WELCOME.
+    let id = server.request("hello", payload(100, 9), CallOptions::new(), now).unwrap();
+    flush(&mut server, &mut client, now);
+    assert!(matches!(client.poll_event(), Some(Event::Connected(_))));
+    // An event is still waiting: the blocks stay.
+    assert!(client.buffered_capacity() > 0);
+    let Some(Event::Request(call)) = client.poll_event() else { panic!("no request") };
+    // Now nothing is buffered: they go, and the payload cut from the
+    // receive block stays intact.
+    assert_eq!(client.buffered_capacity(), 0);
+    assert_eq!(call.payload, payload(100, 9));
+    client.respond(call.id, call.payload.clone()).unwrap();
+    flush(&mut client, &mut server, now);
+    assert!(matches!(server.poll_event(), Some(Event::Connected(_))));
+    let Some(Event::Response { id: r, result: Ok(body) }) = server.poll_event() else { panic!("no response") };
+    assert_eq!((r, body), (id, payload(100, 9)));
+    assert_eq!(call.payload, payload(100, 9));
+}

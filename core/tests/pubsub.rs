@@ -1298,8 +1298,9 @@ fn backlog_returns_to_zero_when_queues_are_discarded() {
 }
 
 /// `subscribe_on` answers each broker refusal with its own ACK code, over a
-/// real connection pair: the broker's topic and count limits, a subscriber
-/// already cut off as a slow consumer, and one the broker does not know.
+/// real connection pair: the broker's topic and count limits and a
+/// subscriber already cut off as a slow consumer; a subscriber the broker
+/// does not know yet is added at its first subscription.
 #[test]
 fn subscribe_on_answers_each_refusal_with_its_code() {
     let config = BrokerConfig { max_subscriptions: 1, max_topic_len: 4, queue_messages: 1, ..BrokerConfig::default() };
@@ -1345,5 +1346,10 @@ fn subscribe_on_answers_each_refusal_with_its_code() {
     b.publish(&t("a"), &Bytes::from_static(b"2"));
     assert!(broker_events(&mut b).iter().any(|e| matches!(e, BrokerEvent::Disconnect { .. })));
     assert_eq!(ask(&mut p, &mut b, who, "c", DropOldest), Err(AckError::Refused(Code::SLOW_CONSUMER)));
-    assert_eq!(ask(&mut p, &mut b, SubscriberId(99), "d", DropOldest), Err(AckError::Refused(Code::UNAVAILABLE)));
+    assert_eq!(b.subscriber_count(), 1);
+    assert_eq!(ask(&mut p, &mut b, SubscriberId(99), "d", DropOldest), Ok(()));
+    assert_eq!((b.subscriber_count(), b.subscription_count(SubscriberId(99))), (2, 1));
+    assert_eq!(b.publish(&t("d"), &Bytes::from_static(b"3")).queued, 1);
+    // The code for a subscriber unknown to `subscribe` (glue that removed it).
+    assert_eq!(Broker::refusal_code(&BrokerError::UnknownSubscriber(SubscriberId(5))), Code::UNAVAILABLE);
 }

@@ -37,7 +37,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("connection_id", &self.connection_id())
-            .field("peer", &self.inner.peer)
+            .field("peer", &self.inner.peer())
             .finish_non_exhaustive()
     }
 }
@@ -50,12 +50,12 @@ impl Session {
 
     /// The peer's name from the handshake.
     pub fn peer_name(&self) -> Option<Text> {
-        self.inner.lock().connected.as_ref().map(|c| c.peer_name.clone())
+        self.inner.lock().peer_name.clone()
     }
 
     /// Who is at the other end, as the kernel reported it.
     pub fn peer(&self) -> PeerIdentity {
-        self.inner.peer
+        self.inner.peer()
     }
 
     /// The codec typed calls from this side use.
@@ -75,7 +75,7 @@ impl Session {
 
     /// What the peer said when it started closing, if it did.
     pub fn goodbye(&self) -> Option<Goodbye> {
-        self.inner.lock().goodbye.clone()
+        self.inner.lock().goodbye.as_deref().cloned()
     }
 
     fn options(&self, mut opts: CallOptions, kind: CallKind) -> CallOptions {
@@ -343,7 +343,7 @@ impl Session {
     async fn wait_ack<T>(
         &self,
         id: u64,
-        slots: impl Fn(&mut crate::session::State) -> &mut crate::session::IdMap<AckSlot<T>>,
+        slots: impl Fn(&mut crate::session::State) -> &mut crate::session::LazyMap<AckSlot<T>>,
     ) -> Result<T, Error> {
         std::future::poll_fn(|cx| {
             let mut st = self.inner.lock();
@@ -401,11 +401,12 @@ impl Session {
             if st.finished {
                 let e = st
                     .closed
-                    .clone()
+                    .as_deref()
+                    .cloned()
                     .unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: "closed".into() });
                 return Poll::Ready(e);
             }
-            st.finish_wakers.push(cx.waker().clone());
+            st.waiters().finish.push(cx.waker().clone());
             Poll::Pending
         })
     }

@@ -225,13 +225,13 @@ impl ConnectParts {
         self.backend.runtime.spawn(Box::pin(Driver::new(inner.clone(), stream)));
         std::future::poll_fn(|cx| {
             let mut st = inner.lock();
-            if st.connected.is_some() {
+            if st.peer_name.is_some() {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(e) = st.closed.clone() {
+            if let Some(e) = st.closed.as_deref().cloned() {
                 return Poll::Ready(Err(Error::ConnectionLost(e)));
             }
-            st.connect_waker = Some(cx.waker().clone());
+            st.waiters().connect = Some(cx.waker().clone());
             Poll::Pending
         })
         .await?;

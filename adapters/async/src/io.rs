@@ -14,6 +14,16 @@ pub trait ByteStream: Send + Unpin + 'static {
     /// stream.
     fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
 
+    /// Whether a read would find something (data, end of stream or an
+    /// error), registering `cx`'s waker if not. The driver asks before
+    /// reading into a connection that holds no receive block, so that an
+    /// idle connection does not take one just to hear "would block". The
+    /// default says `Ready` (then the read itself waits).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+
     /// Writes from `bufs` in order; returns how many bytes were taken.
     fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>>;
 
@@ -41,6 +51,9 @@ pub trait ByteStream: Send + Unpin + 'static {
 impl ByteStream for Box<dyn ByteStream> {
     fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         (**self).poll_read_buf(cx, buf)
+    }
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_read_ready(cx)
     }
     fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         (**self).poll_write_vectored(cx, bufs)

@@ -256,7 +256,7 @@ impl std::fmt::Debug for Context {
             .field("id", &self.id)
             .field("method", &self.method)
             .field("connection_id", &self.connection_id)
-            .field("peer", &self.inner.peer)
+            .field("peer", &self.inner.peer())
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
@@ -295,7 +295,7 @@ impl Context {
 
     /// Who called, as the kernel reported it when the connection was accepted.
     pub fn peer(&self) -> PeerIdentity {
-        self.inner.peer
+        self.inner.peer()
     }
 
     /// The connection's id.

@@ -54,20 +54,17 @@ pub struct SessionInfo {
     pub peer: PeerIdentity,
 }
 
+/// What other threads tell a session's driver, kept in its [`ServerLink`]
+/// (in the session's own allocation).
 #[derive(Default)]
 pub(crate) struct Flags {
     /// The broker holds deliveries for this session.
     ready: AtomicBool,
     /// The broker asked to disconnect this session (slow consumer).
     slow: AtomicBool,
-}
-
-struct Entry {
-    inner: Arc<Inner>,
-    flags: Arc<Flags>,
-    name: Text,
-    /// Counted in `per_user` (released when the session ends).
-    per_user: bool,
+    /// Counted in `per_user` (released when the session ends). Set and
+    /// read under the sessions lock.
+    per_user: AtomicBool,
 }
 
 pub(crate) struct ServerShared {
@@ -78,7 +75,8 @@ pub(crate) struct ServerShared {
     codec: Codec,
     sub_queue: usize,
     broker: Mutex<Broker>,
-    sessions: Mutex<HashMap<u64, Entry>>,
+    /// Live sessions by connection id (their flags are in their link).
+    sessions: Mutex<HashMap<u64, Arc<Inner>>>,
     next_id: AtomicU64,
     auth: Option<AuthHook>,
     on_connect: Option<ConnectHook>,
@@ -99,11 +97,10 @@ pub(crate) struct ServerShared {
 }
 
 /// The server's half of a session: what the driver calls for server events.
-#[derive(Clone)]
 pub(crate) struct ServerLink {
     shared: Arc<ServerShared>,
     id: u64,
-    flags: Arc<Flags>,
+    flags: Flags,
 }
 
 impl ServerLink {
@@ -124,8 +121,8 @@ impl ServerLink {
             );
             return;
         }
-        if !shared.per_user().try_admit(inner.peer.uid) {
-            tracing::debug!(connection_id = self.id, uid = ?inner.peer.uid, "wharf: too many connections for this user");
+        if !shared.per_user().try_admit(inner.peer().uid) {
+            tracing::debug!(connection_id = self.id, uid = ?inner.peer().uid, "wharf: too many connections for this user");
             let _ = st.conn.reject(
                 Code::TOO_MANY_CONNECTIONS,
                 "too many connections for this user",
@@ -133,13 +130,12 @@ impl ServerLink {
             );
             return;
         }
-        if let Ok(mut s) = shared.sessions.lock()
-            && let Some(e) = s.get_mut(&self.id)
+        if let Ok(s) = shared.sessions.lock()
+            && s.contains_key(&self.id)
         {
-            e.name = req.client_name.clone();
-            e.per_user = true;
+            self.flags.per_user.store(true, Ordering::Relaxed);
         } else {
-            shared.per_user().release(inner.peer.uid);
+            shared.per_user().release(inner.peer().uid);
         }
         match &shared.auth {
             None => {
@@ -150,7 +146,7 @@ impl ServerLink {
                     connection_id: self.id,
                     client_name: req.client_name,
                     auth: req.auth,
-                    peer: inner.peer,
+                    peer: inner.peer(),
                 });
                 let inner = inner.clone();
                 let id = self.id;
@@ -173,8 +169,8 @@ impl ServerLink {
         if let Some(hook) = &self.shared.on_connect {
             let info = SessionInfo {
                 connection_id: self.id,
-                client_name: st.connected.as_ref().map(|c| c.peer_name.clone()).unwrap_or_default(),
-                peer: inner.peer,
+                client_name: st.peer_name.clone().unwrap_or_default(),
+                peer: inner.peer(),
             };
             hook(&info);
         }
@@ -236,12 +232,14 @@ impl ServerLink {
         shared.broker().remove_subscriber(SubscriberId(self.id));
         shared.gate().forget(self.id);
         let entry = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
-        if entry.as_ref().is_some_and(|e| e.per_user) {
-            shared.per_user().release(inner.peer.uid);
+        if entry.is_some() && self.flags.per_user.load(Ordering::Relaxed) {
+            shared.per_user().release(inner.peer().uid);
         }
-        let was_connected = inner.lock().connected.is_some();
-        if was_connected && let (Some(hook), Some(entry)) = (&shared.on_disconnect, entry) {
-            let info = SessionInfo { connection_id: self.id, client_name: entry.name, peer: inner.peer };
+        // The client's name as the core copied it at the handshake (the
+        // HELLO's own text is a slice of the receive block, not kept).
+        let name = inner.lock().peer_name.clone();
+        if let (Some(hook), Some(client_name), Some(_)) = (&shared.on_disconnect, name, entry) {
+            let info = SessionInfo { connection_id: self.id, client_name, peer: inner.peer() };
             let err = err.unwrap_or(ConnectionError::LocallyClosed { code: Code::OK, message: String::new() });
             hook(&info, &err);
         }
@@ -290,13 +288,15 @@ impl ServerShared {
                     BrokerEvent::Ready(s) => (s, false),
                     BrokerEvent::Disconnect { subscriber, .. } => (subscriber, true),
                 };
-                if let Some(entry) = sessions.get(&sid.0) {
+                if let Some(inner) = sessions.get(&sid.0)
+                    && let Some(link) = &inner.server
+                {
                     if slow {
-                        entry.flags.slow.store(true, Ordering::Release);
+                        link.flags.slow.store(true, Ordering::Release);
                     } else {
-                        entry.flags.ready.store(true, Ordering::Release);
+                        link.flags.ready.store(true, Ordering::Release);
                     }
-                    entry.inner.driver.wake();
+                    inner.driver.wake();
                 }
             }
         }
@@ -327,8 +327,7 @@ impl ServerShared {
                 return false;
             }
         };
-        let flags = Arc::new(Flags::default());
-        let link = ServerLink { shared: self.clone(), id, flags: flags.clone() };
+        let link = ServerLink { shared: self.clone(), id, flags: Flags::default() };
         let inner = Inner::new(
             conn,
             self.backend.runtime.clone(),
@@ -338,11 +337,7 @@ impl ServerShared {
             Some(link),
             self.sub_queue,
         );
-        self.broker().add_subscriber(SubscriberId(id));
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Entry { inner: inner.clone(), flags, name: Text::new(), per_user: false });
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id, inner.clone());
         tracing::debug!(connection_id = id, ?peer, "wharf: accepted a connection");
         // Counted as owing its HELLO before its driver exists: on a
         // multi-threaded executor the driver may read the HELLO (and call
@@ -364,16 +359,16 @@ impl ServerShared {
     /// Closes a connection that still owes its HELLO because too many do
     /// (see [`ServerBuilder::max_pending_handshakes`]).
     fn evict_handshake(&self, id: u64) {
-        let inner = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|e| e.inner.clone());
+        let inner = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
         let Some(inner) = inner else { return };
-        tracing::debug!(connection_id = id, peer = ?inner.peer, "wharf: too many pending handshakes; closing the oldest");
+        tracing::debug!(connection_id = id, peer = ?inner.peer(), "wharf: too many pending handshakes; closing the oldest");
         let now = self.backend.runtime.now();
         inner.lock().conn.abort(Code::HANDSHAKE_TIMEOUT, "too many pending handshakes; the oldest is closed", now);
         inner.driver.wake();
     }
 
     fn snapshot(&self) -> Vec<Arc<Inner>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.inner.clone()).collect()
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 }
 
@@ -440,7 +435,7 @@ impl Server {
     /// One session by connection id.
     pub fn session(&self, connection_id: u64) -> Option<Session> {
         let s = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        s.get(&connection_id).map(|e| Session { inner: e.inner.clone() })
+        s.get(&connection_id).map(|inner| Session { inner: inner.clone() })
     }
 
     fn stop_accepting(&self) {

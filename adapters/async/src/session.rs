@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use wharf_core::{Code, Connected, Connection, ConnectionError, Event, SendError, Text};
+use wharf_core::{Code, Connection, ConnectionError, Event, SendError, Text};
 use wharf_transport::PeerIdentity;
 
 use crate::codec::Codec;
@@ -38,29 +38,66 @@ use crate::server::ServerLink;
 /// times cheaper than SipHash on the per-call path.
 pub(crate) type IdMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
 
+/// An [`IdMap`] made at its first insertion (one pointer until then), for
+/// the slots of a kind of operation a connection may never use.
+pub(crate) struct LazyMap<V>(Option<Box<IdMap<V>>>);
+
+impl<V> Default for LazyMap<V> {
+    fn default() -> Self {
+        LazyMap(None)
+    }
+}
+
+impl<V> LazyMap<V> {
+    pub(crate) fn get(&self, id: &u64) -> Option<&V> {
+        self.0.as_ref()?.get(id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(id)
+    }
+
+    pub(crate) fn insert(&mut self, id: u64, v: V) -> Option<V> {
+        self.0.get_or_insert_with(Default::default).insert(id, v)
+    }
+
+    pub(crate) fn remove(&mut self, id: &u64) -> Option<V> {
+        self.0.as_mut()?.remove(id)
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().flat_map(|m| m.values_mut())
+    }
+
+    /// Whether the map was made (something was inserted once).
+    #[cfg(test)]
+    pub(crate) fn is_made(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// Recently used method names and topics as shared [`Text`], so that a
 /// caller passing the same `&str` again does not allocate a new string per
-/// call (a hit costs a reference-count increment).
+/// call (a hit costs a reference-count increment). Made at the first name
+/// (a session that sends no call or publish has none).
 #[derive(Default)]
-pub(crate) struct Names {
-    slots: Vec<Text>,
-    next: usize,
-}
+pub(crate) struct Names(Option<Box<(Vec<Text>, usize)>>);
 
 impl Names {
     const CAP: usize = 16;
 
     /// The shared text for `s`, remembered for next time.
     pub(crate) fn get(&mut self, s: &str) -> Text {
-        if let Some(t) = self.slots.iter().find(|t| t.as_str() == s) {
+        let (slots, next) = &mut **self.0.get_or_insert_with(Default::default);
+        if let Some(t) = slots.iter().find(|t| t.as_str() == s) {
             return t.clone();
         }
         let t = Text::from(s.to_string());
-        if self.slots.len() < Self::CAP {
-            self.slots.push(t.clone());
+        if slots.len() < Self::CAP {
+            slots.push(t.clone());
         } else {
-            self.slots[self.next] = t.clone();
-            self.next = (self.next + 1) % Self::CAP;
+            slots[*next] = t.clone();
+            *next = (*next + 1) % Self::CAP;
         }
         t
     }
@@ -86,7 +123,7 @@ pub(crate) struct Inner {
     pub(crate) driver: AtomicWaker,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) router: Arc<Router>,
-    pub(crate) peer: PeerIdentity,
+    peer: KeptPeer,
     pub(crate) codec: Codec,
     pub(crate) server: Option<ServerLink>,
     pub(crate) sub_queue_limit: usize,
@@ -94,7 +131,32 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("Session").field("peer", &self.peer()).finish_non_exhaustive()
+    }
+}
+
+/// The peer's identity as a session keeps it: the ids (all that a Unix
+/// socket gives) inline, and only when there is more (a TCP address, a
+/// named pipe's SID) the whole [`PeerIdentity`] boxed, so that a Unix
+/// connection does not carry a hundred bytes of empty fields.
+struct KeptPeer {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<u32>,
+    full: Option<Box<PeerIdentity>>,
+}
+
+impl KeptPeer {
+    fn new(p: PeerIdentity) -> Self {
+        let full = (p.addr.is_some() || p.sid.is_some()).then(|| Box::new(p));
+        KeptPeer { uid: p.uid, gid: p.gid, pid: p.pid, full }
+    }
+
+    fn get(&self) -> PeerIdentity {
+        match &self.full {
+            Some(p) => **p,
+            None => PeerIdentity { uid: self.uid, gid: self.gid, pid: self.pid, ..PeerIdentity::default() },
+        }
     }
 }
 
@@ -170,6 +232,14 @@ impl<T> Default for AckSlot<T> {
     }
 }
 
+/// Tasks waiting for the connection to be made (the client's `connect`)
+/// or to end (`Session::closed`).
+#[derive(Default)]
+pub(crate) struct Waiters {
+    pub(crate) connect: Option<Waker>,
+    pub(crate) finish: Vec<Waker>,
+}
+
 /// What the peer said in its GOODBYE.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Goodbye {
@@ -181,19 +251,24 @@ pub struct Goodbye {
     pub reconnect_after: Option<Duration>,
 }
 
+/// The session's state, one per connection, behind its lock. What only
+/// some connections ever use (calls, subscriptions, publishes, pings, the
+/// end) is made when first needed, so that an idle connection is small.
 pub(crate) struct State {
     pub(crate) conn: Connection,
-    pub(crate) connected: Option<Connected>,
-    pub(crate) connect_waker: Option<Waker>,
-    pub(crate) closed: Option<ConnectionError>,
+    /// The peer's name, once the handshake completed.
+    pub(crate) peer_name: Option<Text>,
+    /// Who waits for the connection to be made or to end; made when the
+    /// first does ([`State::waiters`]).
+    pub(crate) waiters: Option<Box<Waiters>>,
+    pub(crate) closed: Option<Box<ConnectionError>>,
     pub(crate) finished: bool,
-    pub(crate) finish_wakers: Vec<Waker>,
-    pub(crate) goodbye: Option<Goodbye>,
-    pub(crate) calls: IdMap<OutSlot>,
-    pub(crate) serving: IdMap<InSlot>,
-    pub(crate) subs: IdMap<SubSlot>,
-    pub(crate) publishes: IdMap<AckSlot<u32>>,
-    pub(crate) pings: IdMap<AckSlot<Duration>>,
+    pub(crate) goodbye: Option<Box<Goodbye>>,
+    pub(crate) calls: LazyMap<OutSlot>,
+    pub(crate) serving: LazyMap<InSlot>,
+    pub(crate) subs: LazyMap<SubSlot>,
+    pub(crate) publishes: LazyMap<AckSlot<u32>>,
+    pub(crate) pings: LazyMap<AckSlot<Duration>>,
     pub(crate) writable: Vec<Waker>,
     /// Wakers collected under the lock, woken once it is released.
     pub(crate) to_wake: Vec<Waker>,
@@ -230,17 +305,16 @@ impl State {
     pub(crate) fn new(conn: Connection) -> State {
         State {
             conn,
-            connected: None,
-            connect_waker: None,
+            peer_name: None,
+            waiters: None,
             closed: None,
             finished: false,
-            finish_wakers: Vec::new(),
             goodbye: None,
-            calls: IdMap::default(),
-            serving: IdMap::default(),
-            subs: IdMap::default(),
-            publishes: IdMap::default(),
-            pings: IdMap::default(),
+            calls: LazyMap::default(),
+            serving: LazyMap::default(),
+            subs: LazyMap::default(),
+            publishes: LazyMap::default(),
+            pings: LazyMap::default(),
             writable: Vec::new(),
             to_wake: Vec::new(),
             fresh: Vec::new(),
@@ -254,6 +328,11 @@ impl State {
         }
     }
 
+    /// The waiters, made if there were none.
+    pub(crate) fn waiters(&mut self) -> &mut Waiters {
+        self.waiters.get_or_insert_with(Default::default)
+    }
+
     pub(crate) fn wake(&mut self, w: Option<Waker>) {
         if let Some(w) = w {
             self.to_wake.push(w);
@@ -262,7 +341,7 @@ impl State {
 
     /// The error operations get once the connection is gone.
     pub(crate) fn closed_error(&self) -> Option<Error> {
-        self.closed.clone().map(Error::ConnectionLost)
+        self.closed.as_deref().cloned().map(Error::ConnectionLost)
     }
 
     /// Maps a refused command to the error the caller sees. A command
@@ -272,7 +351,7 @@ impl State {
         match e {
             SendError::Closing => Error::Remote {
                 code: Code::SHUTTING_DOWN,
-                message: match &self.goodbye {
+                message: match self.goodbye.as_deref() {
                     Some(g) if !g.message.is_empty() => format!("the connection is closing: {}", g.message),
                     _ => "the connection is closing; the operation was not sent".to_string(),
                 },
@@ -425,11 +504,16 @@ impl Inner {
             driver: AtomicWaker::new(),
             runtime,
             router,
-            peer,
+            peer: KeptPeer::new(peer),
             codec,
             server,
             sub_queue_limit,
         })
+    }
+
+    /// Who is at the other end, as the kernel reported it.
+    pub(crate) fn peer(&self) -> PeerIdentity {
+        self.peer.get()
     }
 
     pub(crate) fn lock(&self) -> Locked<'_> {
@@ -537,6 +621,11 @@ impl Driver {
             && st.conn.wants_read()
             && reads < READ_BUDGET
         {
+            // No block to read into: wait for data before taking one, so
+            // that an idle connection holds none.
+            if !st.conn.has_recv_room() && stream.poll_read_ready(cx).is_pending() {
+                break;
+            }
             let buf = st.conn.recv_buffer();
             match stream.poll_read_buf(cx, buf) {
                 Poll::Ready(Ok(0)) => {
@@ -733,14 +822,15 @@ impl Drop for Driver {
 /// that, and tells the server (if any) that this session is gone.
 fn finish(inner: &Arc<Inner>, mut st: Locked<'_>) {
     st.finished = true;
-    let wakers = std::mem::take(&mut st.finish_wakers);
-    st.to_wake.extend(wakers);
+    if let Some(w) = st.waiters.as_mut() {
+        let wakers = std::mem::take(&mut w.finish);
+        st.to_wake.extend(wakers);
+    }
     // Closed before anyone learns that the session finished.
     drop(st.stream.take());
-    let link = inner.server.clone();
-    let err = st.closed.clone();
+    let err = st.closed.as_deref().cloned();
     drop(st);
-    if let Some(link) = link {
+    if let Some(link) = &inner.server {
         link.finished(inner, err);
     }
 }
@@ -815,8 +905,8 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
             None => tracing::error!("wharf: handshake request on a client connection"),
         },
         Event::Connected(c) => {
-            st.connected = Some(c);
-            let w = st.connect_waker.take();
+            st.peer_name = Some(c.peer_name);
+            let w = st.waiters.as_mut().and_then(|w| w.connect.take());
             st.wake(w);
             if let Some(link) = &inner.server {
                 link.connected(inner, st);
@@ -933,14 +1023,14 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, st: &mut State, ev: Event) {
         }
         Event::GoodbyeReceived { code, message, reconnect_after } => {
             tracing::debug!(%code, %message, ?reconnect_after, "wharf: peer said goodbye");
-            st.goodbye = Some(Goodbye { code, message: message.to_string(), reconnect_after });
+            st.goodbye = Some(Box::new(Goodbye { code, message: message.to_string(), reconnect_after }));
         }
         Event::Closed(err) => {
             tracing::debug!(error = %err, "wharf: connection closed");
-            st.closed = Some(err.clone());
+            st.closed = Some(Box::new(err.clone()));
             let e = Error::ConnectionLost(err);
             let mut ws: Vec<Waker> = std::mem::take(&mut st.writable);
-            ws.extend(st.connect_waker.take());
+            ws.extend(st.waiters.as_mut().and_then(|w| w.connect.take()));
             for s in st.subs.values_mut() {
                 if s.ended.is_none() {
                     s.ended = Some(e.clone());
@@ -1075,3 +1165,7 @@ pub(crate) fn abandon_call(inner: &Inner, id: u64) {
         None => {}
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -749,7 +749,6 @@ impl Server {
                             return;
                         }
                     };
-                    self.broker.add_subscriber(SubscriberId(id));
                     self.by_id.insert(id, token);
                     let mut peer = Peer {
                         conn: Conn::registered(stream, core, peer, token),

@@ -100,6 +100,10 @@ impl ByteStream for Stream {
         tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read_ready(cx))
+    }
+
     fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         AsyncWrite::poll_write_vectored(Pin::new(self), cx, bufs)
     }

@@ -36,7 +36,7 @@ impl Runtime for TokioRuntime {
 
     fn timer(&self, deadline: Instant) -> Pin<Box<dyn Timer>> {
         let _guard = self.handle.enter();
-        Box::pin(TokioTimer { sleep: Box::pin(tokio::time::sleep_until(deadline.into())) })
+        Box::pin(TokioTimer { sleep: tokio::time::sleep_until(deadline.into()) })
     }
 
     fn now(&self) -> Instant {
@@ -44,17 +44,22 @@ impl Runtime for TokioRuntime {
     }
 }
 
-#[derive(Debug)]
-struct TokioTimer {
-    sleep: Pin<Box<Sleep>>,
+pin_project_lite::pin_project! {
+    /// A tokio `Sleep`, held in the timer's own allocation (one per
+    /// connection, not two).
+    #[derive(Debug)]
+    struct TokioTimer {
+        #[pin]
+        sleep: Sleep,
+    }
 }
 
 impl Timer for TokioTimer {
-    fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
-        self.sleep.as_mut().reset(deadline.into());
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        self.project().sleep.reset(deadline.into());
     }
 
-    fn poll_fire(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.sleep.as_mut().poll(cx)
+    fn poll_fire(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().sleep.poll(cx)
     }
 }

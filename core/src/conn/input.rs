@@ -19,6 +19,13 @@ use crate::wire::{
 
 use super::MIN_PEER_FRAME;
 
+/// A copy of `t` in an allocation of its own (none if empty), for text
+/// kept for the connection's lifetime: a slice of the frame would pin the
+/// whole receive block it came in.
+fn own_text(t: &Text) -> Text {
+    if t.is_empty() { Text::new() } else { Text::from(t.as_str().to_owned()) }
+}
+
 fn hint(ms: u32) -> Option<Duration> {
     (ms != NO_HINT).then(|| Duration::from_millis(u64::from(ms)))
 }
@@ -58,8 +65,16 @@ impl Connection {
                 break;
             }
             self.pending_header = None;
-            let mut body = self.recv.split_to(total).freeze();
-            body.advance(HEADER_LEN);
+            let body = if header.len == 0 {
+                // No body (PING, PONG, CANCEL, ...): nothing is cut from
+                // the block, which then stays unshared.
+                self.recv.advance(HEADER_LEN);
+                Bytes::new()
+            } else {
+                let mut body = self.recv.split_to(total).freeze();
+                body.advance(HEADER_LEN);
+                body
+            };
             self.stats.frames_received += 1;
             // One entry over the limit is kept so the frame is still
             // refused for it, with memory bounded by the limit.
@@ -104,7 +119,9 @@ impl Connection {
                 Frame::Hello(h) => self.on_hello(h),
                 other => self.unexpected(other.frame_type(), "the first frame must be HELLO"),
             },
-            State::ServerAwaitAccept => self.unexpected(frame.frame_type(), "nothing may follow HELLO before WELCOME"),
+            State::ServerAwaitAccept(_) => {
+                self.unexpected(frame.frame_type(), "nothing may follow HELLO before WELCOME")
+            }
             State::ClientAwaitWelcome => match frame {
                 Frame::Welcome(w) => self.on_welcome(w),
                 Frame::Reject(r) => self.on_reject(r),
@@ -169,8 +186,7 @@ impl Connection {
             max_subscriptions: 0,
             initial_stream_window: h.initial_stream_window,
         };
-        self.peer_name = h.client_name.clone();
-        self.state = State::ServerAwaitAccept;
+        self.state = State::ServerAwaitAccept(own_text(&h.client_name));
         self.emit(Event::HandshakeRequest(HandshakeRequest {
             version: hi,
             client_name: h.client_name,
@@ -201,8 +217,7 @@ impl Connection {
             max_subscriptions: w.max_subscriptions,
             initial_stream_window: w.initial_stream_window,
         };
-        self.peer_name = w.server_name;
-        self.establish();
+        self.establish(own_text(&w.server_name));
     }
 
     fn on_reject(&mut self, r: Reject) {
@@ -286,7 +301,7 @@ impl Connection {
                     Some(Code::SHUTTING_DOWN)
                 } else if (topic.is_empty() && !prefix) || topic.len() > self.config.max_topic_len as usize {
                     Some(Code::INVALID_TOPIC)
-                } else if self.subs.len() >= self.config.max_subscriptions as usize {
+                } else if self.subs().len() >= self.config.max_subscriptions as usize {
                     Some(Code::TOO_MANY_SUBSCRIPTIONS)
                 } else {
                     None
@@ -296,8 +311,9 @@ impl Connection {
                     self.enqueue(&Frame::Ack { id, status: code, value: 0 });
                     return;
                 }
-                self.subs.insert(id, SubState::Pending);
-                self.ops.insert(id, Op::Subscribe);
+                let p = self.pubsub();
+                p.subs.insert(id, SubState::Pending);
+                p.ops.insert(id, Op::Subscribe);
                 self.emit(Event::Subscribe { id: SubscriptionId(id), topic, prefix, policy });
             }
             Frame::Unsubscribe { id, subscription } => {
@@ -309,9 +325,9 @@ impl Connection {
                 }
                 // A batch for it must not grow past this point.
                 self.out.end_batch();
-                let status = match self.subs.remove(&subscription) {
+                let status = match self.remove_sub(subscription) {
                     Some(state) => {
-                        if state == SubState::Pending && self.ops.remove(&subscription).is_some() {
+                        if state == SubState::Pending && self.remove_op(subscription).is_some() {
                             // The application never answered the SUBSCRIBE:
                             // acknowledge it now so each operation gets one ACK.
                             self.enqueue(&Frame::Ack { id: subscription, status: Code::OK, value: 0 });
@@ -351,7 +367,7 @@ impl Connection {
                     return;
                 }
                 let ack = (id != 0).then(|| {
-                    self.ops.insert(id, Op::Publish);
+                    self.pubsub().ops.insert(id, Op::Publish);
                     self.pending_publishes += 1;
                     PublishId(id)
                 });
@@ -374,11 +390,10 @@ impl Connection {
             }
             Frame::Ack { id, status, value } => self.on_ack(id, status, value),
             Frame::Ping { id } => self.enqueue(&Frame::Pong { id }),
+            Frame::Pong { id } if id != 0 && id == self.keepalive_ping => self.keepalive_ping = 0,
             Frame::Pong { id } => match self.pings.iter().position(|p| p.id == id) {
                 Some(i) => {
-                    if let Some(p) = self.pings.remove(i)
-                        && p.user
-                    {
+                    if let Some(p) = self.pings.remove(i) {
                         self.emit(Event::Pong { id, rtt: self.now.saturating_duration_since(p.sent) });
                     }
                 }
@@ -396,13 +411,13 @@ impl Connection {
                         !std::mem::replace(&mut c.goodbye_sent, true)
                     }
                     None => {
-                        self.close = Some(super::Closing {
+                        self.close = Some(Box::new(super::Closing {
                             initiated_locally: false,
                             goodbye_sent: true,
                             local: None,
                             received,
                             deadline: self.now + self.config.close_timeout,
-                        });
+                        }));
                         true
                     }
                 };
@@ -428,7 +443,7 @@ impl Connection {
             self.unexpected(frame, "only servers deliver");
             return None;
         }
-        match self.subs.get(&id) {
+        match self.subs().get(&id) {
             Some(SubState::Pending | SubState::Active) => Some(SubscriptionId(id)),
             _ if self.issued_by_us(id) => {
                 self.stats.stale_frames_ignored += 1;
@@ -645,7 +660,7 @@ impl Connection {
         if self.role != Role::Client {
             return self.unexpected(FrameType::Ack, "only servers acknowledge");
         }
-        let Some(op) = self.ops.remove(&id) else {
+        let Some(op) = self.remove_op(id) else {
             return self.bad_id(FrameType::Ack, id, "acknowledges no pending operation");
         };
         let ok = status == Code::OK;
@@ -653,18 +668,18 @@ impl Connection {
         match op {
             Op::Subscribe => {
                 if ok {
-                    if let Some(s) = self.subs.get_mut(&id)
+                    if let Some(s) = self.pubsub_mut().and_then(|p| p.subs.get_mut(&id))
                         && *s == SubState::Pending
                     {
                         *s = SubState::Active;
                     }
-                } else if self.subs.get(&id) == Some(&SubState::Pending) {
-                    self.subs.remove(&id);
+                } else if self.subs().get(&id) == Some(&SubState::Pending) {
+                    self.remove_sub(id);
                 }
                 self.emit(Event::SubscribeResult { id: SubscriptionId(id), result });
             }
             Op::Unsubscribe(sub) => {
-                self.subs.remove(&sub);
+                self.remove_sub(sub);
                 self.emit(Event::UnsubscribeResult { id: SubscriptionId(sub), result });
             }
             Op::Publish => {

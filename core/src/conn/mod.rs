@@ -125,7 +125,8 @@ pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 #[derive(Debug)]
 enum State {
     ServerAwaitHello,
-    ServerAwaitAccept,
+    /// HELLO received: the client's name, for `Connected`.
+    ServerAwaitAccept(Text),
     ClientAwaitWelcome,
     Established,
     Closed(ConnectionError),
@@ -184,6 +185,20 @@ enum Op {
     Publish,
 }
 
+/// Pub/sub bookkeeping of a connection: its subscriptions (client: ours;
+/// server: the client's) and the operations waiting for an ACK. A
+/// connection that only makes calls never has one.
+#[derive(Debug, Default)]
+struct PubSub {
+    subs: IdMap<SubState>,
+    ops: IdMap<Op>,
+}
+
+/// What [`Connection::subs`] and [`Connection::ops`] show before there is
+/// a [`PubSub`].
+static NO_SUBS: IdMap<SubState> = HashMap::with_hasher(BuildHasherDefault::new());
+static NO_OPS: IdMap<Op> = HashMap::with_hasher(BuildHasherDefault::new());
+
 #[derive(Debug)]
 struct Closing {
     /// We sent GOODBYE first (`close`), rather than answering the peer's.
@@ -203,11 +218,11 @@ enum Queued {
     Batch { subscription: SubscriptionId, topic: Text, batch: MessageBatch },
 }
 
+/// A PING the application sent ([`Connection::ping`]).
 #[derive(Debug)]
 struct Ping {
     id: u64,
     sent: Instant,
-    user: bool,
 }
 
 /// Longest GOODBYE message or REJECT reason we send: with the fixed fields
@@ -331,6 +346,10 @@ pub struct Connection {
     recv_small: bool,
     /// The last input filled the small block: the traffic needs a full one.
     recv_filled: bool,
+    /// The handshake is done and its small blocks (and the send queue's and
+    /// event queue's first slots) are still held: they are given back the
+    /// first time nothing is buffered (see [`Connection::settle`]).
+    settle: bool,
     preamble_seen: usize,
     pending_header: Option<crate::wire::Header>,
 
@@ -350,7 +369,6 @@ pub struct Connection {
     version: u16,
     connection_id: u64,
     peer: PeerLimits,
-    peer_name: Text,
     keepalive: Option<Duration>,
     last_recv: Instant,
     keepalive_outstanding: bool,
@@ -363,10 +381,15 @@ pub struct Connection {
     out_streams: u32,
     in_streams: u32,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    subs: IdMap<SubState>,
-    ops: IdMap<Op>,
+    /// Boxed: made at the first subscription or acknowledged publish.
+    pubsub: Option<Box<PubSub>>,
     pending_publishes: u32,
+    /// The application's PINGs waiting for their PONG.
     pings: VecDeque<Ping>,
+    /// The keepalive's PING waiting for its PONG (0: none). Not in `pings`,
+    /// so that a connection exchanging only keepalives never makes that
+    /// queue, and a newer keepalive PING replaces an unanswered one.
+    keepalive_ping: u64,
     next_ping: u64,
 
     // Events.
@@ -374,7 +397,8 @@ pub struct Connection {
     event_bytes: usize,
     read_paused: bool,
 
-    close: Option<Closing>,
+    /// Boxed: only a closing connection has one.
+    close: Option<Box<Closing>>,
     stats: Stats,
 }
 
@@ -425,6 +449,7 @@ impl Connection {
             recv_spare: SpareBlock::default(),
             recv_small: true,
             recv_filled: false,
+            settle: false,
             preamble_seen: 0,
             pending_header: None,
             out: SendQueue::default(),
@@ -442,7 +467,6 @@ impl Connection {
                 max_subscriptions: 0,
                 initial_stream_window: 0,
             },
-            peer_name: Text::new(),
             keepalive: None,
             last_recv: now,
             keepalive_outstanding: false,
@@ -456,15 +480,14 @@ impl Connection {
             out_streams: 0,
             in_streams: 0,
             timers: BinaryHeap::new(),
-            subs: IdMap::default(),
-            ops: IdMap::default(),
+            pubsub: None,
             pending_publishes: 0,
             pings: VecDeque::new(),
+            keepalive_ping: 0,
             next_ping: 1,
-            // One slot: a driver that polls events as they come (the
-            // handshake's two, one at a time) never needs more, and a
-            // first push would otherwise take four.
-            events: VecDeque::with_capacity(1),
+            // No slot until the first event, which takes one (see
+            // `queue_event`).
+            events: VecDeque::new(),
             event_bytes: 0,
             read_paused: false,
             close: None,
@@ -564,7 +587,7 @@ impl Connection {
 
     /// Subscriptions known to this connection (client: ours; server: the client's).
     pub fn subscription_count(&self) -> usize {
-        self.subs.len()
+        self.subs().len()
     }
 
     /// Bytes held by undelivered events (payloads and strings, plus 64 per event).
@@ -588,6 +611,18 @@ impl Connection {
         self.stats.bytes_received += data.len() as u64;
         self.note_received(data.len());
         self.process_input();
+    }
+
+    /// Whether the receive buffer has room to read into without taking a
+    /// block. False for a new connection, for one whose blocks were given
+    /// back (after its handshake, by [`release_buffers`](Self::release_buffers)
+    /// or by the keepalive), and when the block in use is full:
+    /// [`recv_buffer`](Self::recv_buffer) would then take one (or reclaim
+    /// one in place). A driver that can wait for its transport to become
+    /// readable should do so before calling it in that case, so that an
+    /// idle connection holds no receive block.
+    pub fn has_recv_room(&self) -> bool {
+        self.recv.capacity() > self.recv.len()
     }
 
     /// The receive buffer, for reading from the transport without a copy:
@@ -725,8 +760,32 @@ impl Connection {
         }
         self.out.release();
         self.scratch = BytesMut::new();
-        if self.events.is_empty() && self.events.capacity() > 1 {
-            self.events = VecDeque::with_capacity(1);
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+    }
+
+    /// After the handshake, the first time nothing is buffered (no partial
+    /// frame received, nothing to write, no event to hand out): gives back
+    /// the small blocks the handshake took, the send queue's chunk list and
+    /// the event queue's slot, so that a connection that goes idle right
+    /// after its handshake holds no buffer at all. Called where output
+    /// drains and where the last event is taken. If the traffic moved to
+    /// full blocks before such a moment came, they are kept (a busy
+    /// connection is not made to allocate them again); the keepalive gives
+    /// them back once the peer falls silent.
+    #[cold]
+    fn settle(&mut self) {
+        if !self.is_established() {
+            self.settle = false;
+            return;
+        }
+        if !self.recv.is_empty() || !self.out.is_empty() || !self.events.is_empty() {
+            return;
+        }
+        self.settle = false;
+        if self.recv_small && self.recv_spare.capacity() == 0 && !self.out.holds_full_block() {
+            self.release_buffers();
         }
     }
 
@@ -853,7 +912,7 @@ impl Connection {
                 self.keepalive_outstanding = true;
                 self.stats.keepalive_pings += 1;
                 let id = self.alloc_ping();
-                self.pings.push_back(Ping { id, sent: now, user: false });
+                self.keepalive_ping = id;
                 self.enqueue(&Frame::Ping { id });
             }
         }
@@ -1051,6 +1110,9 @@ impl Connection {
         };
         self.event_bytes -= freed;
         self.note_read_resume();
+        if self.settle {
+            self.settle();
+        }
         Some(e)
     }
 
@@ -1061,12 +1123,13 @@ impl Connection {
     /// Server: accepts the client announced by [`Event::HandshakeRequest`],
     /// giving the connection a non-zero id.
     pub fn accept(&mut self, connection_id: u64) -> Result<(), SendError> {
-        if !matches!(self.state, State::ServerAwaitAccept) {
+        let State::ServerAwaitAccept(peer_name) = &mut self.state else {
             return Err(self.state_error("accept is only valid after a HandshakeRequest"));
-        }
+        };
         if connection_id == 0 {
             return Err(SendError::Invalid { what: "connection id", reason: "must not be 0" });
         }
+        let peer_name = std::mem::take(peer_name);
         let welcome = Frame::Welcome(Welcome {
             connection_id,
             version: self.version,
@@ -1081,7 +1144,7 @@ impl Connection {
         self.out.push_raw(&PREAMBLE);
         self.enqueue(&welcome);
         self.connection_id = connection_id;
-        self.establish();
+        self.establish(peer_name);
         Ok(())
     }
 
@@ -1110,10 +1173,12 @@ impl Connection {
         }));
     }
 
-    fn establish(&mut self) {
+    /// The handshake is complete; `peer_name` is the peer's, copied out of
+    /// its frame.
+    fn establish(&mut self, peer_name: Text) {
         self.state = State::Established;
+        self.settle = true;
         self.last_recv = self.now;
-        let peer_name = std::mem::take(&mut self.peer_name);
         self.emit(Event::Connected(Connected {
             connection_id: self.connection_id,
             version: self.version,
@@ -1373,7 +1438,7 @@ impl Connection {
         let topic = topic.into();
         self.check_topic(&topic, options.prefix)?;
         let limit = self.config.max_subscriptions.min(self.peer.max_subscriptions);
-        if self.subs.len() >= limit as usize {
+        if self.subs().len() >= limit as usize {
             return Err(SendError::TooManySubscriptions { limit });
         }
         let id = self.next_op;
@@ -1381,8 +1446,9 @@ impl Connection {
         let len = self.check_frame(&frame)?;
         self.check_room()?;
         self.next_op += 2;
-        self.subs.insert(id, SubState::Pending);
-        self.ops.insert(id, Op::Subscribe);
+        let p = self.pubsub();
+        p.subs.insert(id, SubState::Pending);
+        p.ops.insert(id, Op::Subscribe);
         self.enqueue_len(&frame, len);
         Ok(SubscriptionId(id))
     }
@@ -1395,18 +1461,19 @@ impl Connection {
         if let State::Closed(e) = &self.state {
             return Err(SendError::Closed(e.clone()));
         }
-        match self.subs.get(&id.0) {
+        match self.subs().get(&id.0) {
             Some(SubState::Pending | SubState::Active) => {}
             _ => return Err(SendError::UnknownCall { id: id.0 }),
         }
         if self.close.is_some() {
-            self.subs.remove(&id.0);
+            self.remove_sub(id.0);
             return Ok(());
         }
         let op = self.next_op;
         self.next_op += 2;
-        self.subs.insert(id.0, SubState::Unsubscribing);
-        self.ops.insert(op, Op::Unsubscribe(id.0));
+        let p = self.pubsub();
+        p.subs.insert(id.0, SubState::Unsubscribing);
+        p.ops.insert(op, Op::Unsubscribe(id.0));
         self.enqueue(&Frame::Unsubscribe { id: op, subscription: id.0 });
         Ok(())
     }
@@ -1435,7 +1502,7 @@ impl Connection {
         if want_ack {
             self.next_op += 2;
             self.pending_publishes += 1;
-            self.ops.insert(id, Op::Publish);
+            self.pubsub().ops.insert(id, Op::Publish);
             Ok(Some(PublishId(id)))
         } else {
             Ok(None)
@@ -1463,15 +1530,15 @@ impl Connection {
     fn finish_subscribe(&mut self, id: SubscriptionId, code: Code) -> Result<(), SendError> {
         self.check_server("accept or refuse a subscription")?;
         self.check_can_answer()?;
-        if !matches!(self.ops.get(&id.0), Some(Op::Subscribe)) {
+        if !matches!(self.ops().get(&id.0), Some(Op::Subscribe)) {
             return Err(SendError::UnknownCall { id: id.0 });
         }
-        self.ops.remove(&id.0);
+        self.remove_op(id.0);
         if code == Code::OK {
-            self.subs.insert(id.0, SubState::Active);
+            self.pubsub().subs.insert(id.0, SubState::Active);
         } else {
             self.out.end_batch();
-            self.subs.remove(&id.0);
+            self.remove_sub(id.0);
         }
         self.enqueue(&Frame::Ack { id: id.0, status: code, value: 0 });
         self.maybe_finish_close();
@@ -1483,7 +1550,7 @@ impl Connection {
     pub fn ack_publish(&mut self, id: PublishId, result: Result<u32, Code>) -> Result<(), SendError> {
         self.check_server("acknowledge a publish")?;
         self.check_can_answer()?;
-        if !matches!(self.ops.get(&id.0), Some(Op::Publish)) {
+        if !matches!(self.ops().get(&id.0), Some(Op::Publish)) {
             return Err(SendError::UnknownCall { id: id.0 });
         }
         let (status, value) = match result {
@@ -1491,7 +1558,7 @@ impl Connection {
             Err(Code::OK) => return Err(SendError::Invalid { what: "code", reason: "refusing needs a non-OK code" }),
             Err(c) => (c, 0),
         };
-        self.ops.remove(&id.0);
+        self.remove_op(id.0);
         self.pending_publishes -= 1;
         self.enqueue(&Frame::Ack { id: id.0, status, value });
         self.maybe_finish_close();
@@ -1567,7 +1634,7 @@ impl Connection {
     fn check_deliverable(&self, subscription: SubscriptionId) -> Result<(), SendError> {
         self.check_server("deliver")?;
         self.check_can_answer()?;
-        match self.subs.get(&subscription.0) {
+        match self.subs().get(&subscription.0) {
             Some(SubState::Active | SubState::Pending) => Ok(()),
             _ => Err(SendError::UnknownCall { id: subscription.0 }),
         }
@@ -1581,11 +1648,11 @@ impl Connection {
     pub fn ping(&mut self, now: Instant) -> Result<u64, SendError> {
         self.tick(now);
         self.check_can_answer()?;
-        if self.pings.iter().filter(|p| p.user).count() >= MAX_PINGS {
+        if self.pings.len() >= MAX_PINGS {
             return Err(SendError::TooManyInFlight { limit: MAX_PINGS as u32 });
         }
         let id = self.alloc_ping();
-        self.pings.push_back(Ping { id, sent: self.now, user: true });
+        self.pings.push_back(Ping { id, sent: self.now });
         self.enqueue(&Frame::Ping { id });
         Ok(id)
     }
@@ -1608,7 +1675,7 @@ impl Connection {
         match self.state {
             State::Closed(_) => return,
             State::Established => {}
-            State::ServerAwaitAccept | State::ServerAwaitHello => {
+            State::ServerAwaitAccept(_) | State::ServerAwaitHello => {
                 let _ = self.reject(code, message, reconnect_after);
                 return;
             }
@@ -1626,13 +1693,13 @@ impl Connection {
                 c.local = Some((code, message.to_string()));
             }
             None => {
-                self.close = Some(Closing {
+                self.close = Some(Box::new(Closing {
                     initiated_locally: true,
                     goodbye_sent: true,
                     local: Some((code, message.to_string())),
                     received: None,
                     deadline: self.now + self.config.close_timeout,
-                });
+                }));
             }
         }
         self.enqueue(&Frame::Goodbye(Goodbye {
@@ -1658,6 +1725,36 @@ impl Connection {
     // Internals
     // ------------------------------------------------------------------
 
+    /// The subscriptions (none before the first).
+    fn subs(&self) -> &IdMap<SubState> {
+        self.pubsub.as_ref().map_or(&NO_SUBS, |p| &p.subs)
+    }
+
+    /// The operations waiting for an ACK (none before the first).
+    fn ops(&self) -> &IdMap<Op> {
+        self.pubsub.as_ref().map_or(&NO_OPS, |p| &p.ops)
+    }
+
+    /// The pub/sub bookkeeping, made if there was none.
+    fn pubsub(&mut self) -> &mut PubSub {
+        self.pubsub.get_or_insert_with(Default::default)
+    }
+
+    /// The pub/sub bookkeeping, if any.
+    fn pubsub_mut(&mut self) -> Option<&mut PubSub> {
+        self.pubsub.as_deref_mut()
+    }
+
+    /// Forgets a subscription; its state if it was known.
+    fn remove_sub(&mut self, id: u64) -> Option<SubState> {
+        self.pubsub_mut()?.subs.remove(&id)
+    }
+
+    /// Forgets an operation waiting for an ACK; it if it was known.
+    fn remove_op(&mut self, id: u64) -> Option<Op> {
+        self.pubsub_mut()?.ops.remove(&id)
+    }
+
     fn is_ours(&self, id: u64) -> bool {
         (id & 1 == 1) == (self.role == Role::Client)
     }
@@ -1677,6 +1774,11 @@ impl Connection {
 
     fn queue_event(&mut self, held: usize, q: Queued) {
         self.event_bytes += held;
+        if self.events.capacity() == 0 {
+            // One slot: a driver that polls events as they come never
+            // needs more, and a first push would otherwise take four.
+            self.events.reserve_exact(1);
+        }
         self.events.push_back(q);
         if self.event_bytes >= self.config.max_inbound_buffered {
             self.note_read_pause();
@@ -1857,6 +1959,9 @@ impl Connection {
         }
         self.check_writable();
         self.note_read_resume();
+        if self.settle {
+            self.settle();
+        }
     }
 
     /// Counts the moment reading becomes paused (`wants_read` turns
@@ -1879,7 +1984,7 @@ impl Connection {
     /// The terminal error of a graceful close: ours if we started it, the
     /// peer's (with its reconnect hint) if it did.
     fn close_error(&self) -> ConnectionError {
-        match &self.close {
+        match self.close.as_deref() {
             Some(Closing { initiated_locally: false, received: Some((code, message, reconnect_after)), .. }) => {
                 ConnectionError::PeerClosed {
                     code: *code,
@@ -1902,7 +2007,7 @@ impl Connection {
             && !self.is_closed()
             && self.outgoing.is_empty()
             && self.incoming.is_empty()
-            && self.ops.is_empty()
+            && self.ops().is_empty()
         {
             let err = self.close_error();
             self.fail(err, None);
@@ -1938,7 +2043,7 @@ impl Connection {
             self.emit(Event::CallCancelled { id: RequestId(id), reason: CancelReason::ConnectionLost(err.clone()) });
         }
         if self.role == Role::Client {
-            let mut ops: Vec<(u64, Op)> = self.ops.iter().map(|(k, v)| (*k, *v)).collect();
+            let mut ops: Vec<(u64, Op)> = self.ops().iter().map(|(k, v)| (*k, *v)).collect();
             ops.sort_unstable_by_key(|(k, _)| *k);
             for (id, op) in ops {
                 let lost = Err(AckError::ConnectionLost(err.clone()));
@@ -1951,9 +2056,9 @@ impl Connection {
         }
         self.outgoing.clear();
         self.incoming.clear();
-        self.ops.clear();
-        self.subs.clear();
+        self.pubsub = None;
         self.pings.clear();
+        self.keepalive_ping = 0;
         self.timers.clear();
         self.out_streams = 0;
         self.in_streams = 0;

@@ -2,9 +2,13 @@
 //!
 //! Frame headers and small payloads are appended to one growing buffer
 //! (`open`) so that many small frames become one contiguous chunk; large
-//! payloads are queued as their own chunk without copying. Splitting `open`
-//! leaves its spare capacity in place, and once the written chunks are
-//! dropped that capacity is reclaimed, so the steady state allocates nothing.
+//! payloads are queued as their own chunk without copying. While nothing
+//! else is queued, `open` is written from as it is and consumed from its
+//! front (no chunk is cut, so no chunk list and no shared header are
+//! needed); otherwise it is split into a chunk behind the others. Splitting
+//! `open` leaves its spare capacity in place, and once the written chunks
+//! are dropped that capacity is reclaimed, so the steady state allocates
+//! nothing.
 //! `open` is reset to the start of its block whenever the queue drains, and
 //! when it runs out of room while chunks cut from it still wait to be
 //! written (more than a block queued in one go), it moves to a
@@ -249,7 +253,19 @@ impl SendQueue {
     }
 
     /// Fills `out` with the queued chunks, front first; returns how many.
+    /// When everything queued is in `open` (the usual case: small frames),
+    /// `open` itself is handed out, without cutting a chunk from it: its
+    /// bytes no longer change (an open batch ends), [`advance`](Self::advance)
+    /// consumes them from its front, and the chunk list is not needed.
     pub(crate) fn slices<'a>(&'a mut self, out: &mut [IoSlice<'a>]) -> usize {
+        if self.chunks.is_empty() {
+            self.batch = None;
+            if self.open.is_empty() || out.is_empty() {
+                return 0;
+            }
+            out[0] = IoSlice::new(&self.open);
+            return 1;
+        }
         self.seal();
         let mut n = 0;
         for (slot, chunk) in out.iter_mut().zip(self.chunks.iter()) {
@@ -274,11 +290,12 @@ impl SendQueue {
         self.len -= n;
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {
-                // Bytes still in `open` (the caller wrote without asking for
-                // slices first): only possible if chunks is empty.
+                // Bytes in `open`, handed out by `slices` as they are (or
+                // written without asking for slices first): only possible
+                // if chunks is empty.
                 self.batch = None;
                 self.open.advance(n);
-                return;
+                break;
             };
             if n < front.len() {
                 front.advance(n);
