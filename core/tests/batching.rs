@@ -252,3 +252,21 @@ fn no_message_joins_a_batch_after_its_subscription_ended_or_the_connection_close
     p.server.conn.handle_eof(p.now);
     assert!(matches!(p.server.conn.deliver(ids[0], &topic, payload(2, 8)), Err(wharf_core::SendError::Closed(_))));
 }
+
+#[test]
+fn a_prefix_subscription_batches_per_topic() {
+    let (mut p, ids) = subscribed(Config::default(), &["news/"]);
+    let from = p.server.wrote.len();
+    // The exact subscription "news/" stands in for a prefix one: what the
+    // server batches on is the subscription and the published topic.
+    let topics = ["news/ab", "news/ac", "news/ac", "news/a", "news/ab", "news/ab"];
+    for (i, t) in topics.iter().enumerate() {
+        p.server.conn.deliver(ids[0], &Text::from(t.to_string()), payload(i as u32, 8)).unwrap();
+    }
+    p.drive();
+    let shapes: Vec<(String, usize)> =
+        server_frames_since(&p, from).iter().filter_map(batch_shape).map(|(_, t, n)| (t, n)).collect();
+    assert_eq!(shapes, vec![("news/ab".into(), 1), ("news/ac".into(), 2), ("news/a".into(), 1), ("news/ab".into(), 2)]);
+    let got: Vec<String> = messages(&p.client.take()).into_iter().map(|(_, t, _)| t).collect();
+    assert_eq!(got, topics.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+}

@@ -65,12 +65,12 @@ pub(crate) struct SendQueue {
 /// Where the growing MESSAGES frame is, and what may join it.
 #[derive(Debug)]
 struct OpenBatch {
-    /// Offset of its header in `open`.
+    /// Offset of its header in `open` (the topic follows the header, so it
+    /// is compared where it was written instead of being kept here).
     start: usize,
     /// Its body length so far.
     body_len: u32,
     subscription: u64,
-    topic: Text,
 }
 
 impl SendQueue {
@@ -170,10 +170,14 @@ impl SendQueue {
     /// within `max_body`; false (and nothing queued) otherwise.
     pub(crate) fn join_batch(&mut self, subscription: u64, topic: &Text, payload: &[u8], max_body: u32) -> bool {
         let add = 4 + payload.len();
+        let open = &self.open;
         let fits = |b: &OpenBatch| {
+            // The topic's str16 starts right after the header.
+            let at = b.start + HEADER_LEN + 2;
             b.subscription == subscription
-                && b.topic.as_bytes() == topic.as_bytes()
                 && b.body_len as usize + add <= max_body as usize
+                && open.get(at - 2..at) == Some(&(topic.len() as u16).to_le_bytes()[..])
+                && open.get(at..at + topic.len()) == Some(topic.as_bytes())
         };
         if !self.batch.as_ref().is_some_and(fits) {
             return false;
@@ -202,7 +206,7 @@ impl SendQueue {
         self.open.put_u32_le(payload.len() as u32);
         self.open.extend_from_slice(payload);
         self.len += HEADER_LEN + body_len as usize;
-        self.batch = Some(OpenBatch { start, body_len, subscription, topic: topic.clone() });
+        self.batch = Some(OpenBatch { start, body_len, subscription });
     }
 
     /// Ends the open batch: nothing more joins it.
