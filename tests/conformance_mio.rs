@@ -802,7 +802,7 @@ fn a_peer_that_never_reads_is_disconnected_by_the_mio_loop() {
             assert!(t0.elapsed() < Duration::from_secs(30), "the server never hung up");
         };
         wait_until("the never-reading peer to be closed", || !seen.closed_why.lock().unwrap().is_empty());
-        let why = seen.closed_why.lock().unwrap()[0].clone();
+        let why = seen.closed_why.lock().unwrap()[0].0.clone();
         assert!(matches!(why, ConnectionError::PeerNotReading { .. }), "closed for {why:?}");
         assert!(t0.elapsed() >= Duration::from_secs(1), "closed before write_stall_timeout");
         let mut other = Client::connect(&ep).unwrap();

@@ -90,7 +90,7 @@ fn basic_router() -> Router {
 
 /// A handler that counts its starts, counts its drops (a [`DropFlag`]) and
 /// never returns by itself.
-fn hang_router(started: &Watch<usize>, dropped: &Watch<usize>) -> Router {
+pub(super) fn hang_router(started: &Watch<usize>, dropped: &Watch<usize>) -> Router {
     let (started, dropped) = (started.clone(), dropped.clone());
     basic_router().unary("hang", move |(): (), _ctx: Context| {
         let (started, dropped) = (started.clone(), dropped.clone());
