@@ -85,6 +85,11 @@ impl MioServer {
         self.waker.wake().unwrap();
     }
 
+    /// Whether the loop has ended (after a shutdown drained every client).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Waits for the loop to end (after a shutdown drained every client).
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {

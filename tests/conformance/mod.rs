@@ -31,6 +31,7 @@ pub mod mio_loop;
 pub mod process;
 #[cfg(unix)]
 pub mod raw;
+pub mod reconnect;
 pub mod watch;
 
 use std::future::Future;
