@@ -1174,7 +1174,11 @@ async fn ten_thousand_connections_on(env: &Env, server: &impl FaultServer, ep: &
 
 /// A subscriber on the bare core (a thread of this process) that
 /// subscribes to `topic`, sees its subscription answered, and then never
-/// reads again, its socket open until the returned flag is raised.
+/// reads again, its socket open until the returned flag is raised. It is
+/// alive all along: it sends a `sink` notification every second. A peer
+/// that sends nothing either is dead by the keepalive rule (PROTOCOL.md
+/// 12): with the default 10 s interval a server closes it after 30 s
+/// (that is S11, and the run at the reference rate lasts a minute).
 async fn never_reading_subscriber(env: &Env, path: &std::path::Path, topic: &'static str) -> Watch<bool> {
     let subscribed = Watch::new(false);
     let stop = Watch::new(false);
@@ -1196,7 +1200,15 @@ async fn never_reading_subscriber(env: &Env, path: &std::path::Path, topic: &'st
                 }
             }
             subscribed.raise();
+            let mut alive_at = Instant::now();
             while !stop.get() {
+                if alive_at.elapsed() >= Duration::from_secs(1) {
+                    alive_at = Instant::now();
+                    // A few bytes that the server reads; it never waits on
+                    // them (the socket's send buffer holds a minute of them).
+                    let _ = c.conn.notify("sink", Bytes::new(), CallOptions::default());
+                    let _ = c.flush();
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             drop(c);
