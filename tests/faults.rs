@@ -1,8 +1,8 @@
 //! Fault scenarios S1, S5, S6, S7, S8, S9 and S11 (keepalive) of the reliability checklist
 //! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, and
-//! S1, S6 and S7 on a wharf-mio loop, over Unix sockets (Linux: they read
-//! /proc and set RLIMIT_NOFILE). The cases are in
-//! `tests/conformance/faults.rs`.
+//! S1, S5 at a rate, S6, S7, S8's slow loris and S9 on a wharf-mio loop,
+//! over Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The
+//! cases are in `tests/conformance/faults.rs`.
 //!
 //! The cases run one at a time (they measure this process's descriptors
 //! and memory). The heavy ones are `#[ignore]`d: `tests/faults.sh` runs
@@ -139,9 +139,10 @@ faults!(smol, conformance::adapters::Smol);
 faults!(async_std, conformance::adapters::AsyncStd);
 
 /// The cases that need a server of their own kind, on a wharf-mio loop:
-/// the server runs on a thread of the test process (S1, S6) or in a peer
-/// process (S7); its clients are tokio clients (their own processes for
-/// S1 and S6).
+/// the server runs on a thread of the test process (S1, S5, S6, S8, S9)
+/// or in a peer process (S7); its clients are tokio clients (their own
+/// processes for S1, S5's healthy subscribers and S6) and bare-core ones
+/// (S5's slow subscriber, S8's dribblers, S9's writer).
 mod wharf_mio {
     use super::*;
     use crate::conformance::faults as f;
@@ -159,6 +160,22 @@ mod wharf_mio {
     fault_case!(emfile_on_accept_backs_off_and_recovers, conformance::adapters::Tokio, 120, |env| {
         f::mio_emfile_on_accept_backs_off_and_recovers(env)
     });
+    fault_case!(slow_loris_handshakes_neither_block_nor_linger, conformance::adapters::Tokio, 120, |env| {
+        f::mio_slow_loris_handshakes_neither_block_nor_linger(env)
+    });
+    fault_case!(peer_that_never_reads_is_bounded_then_disconnected, conformance::adapters::Tokio, 120, |env| {
+        f::mio_peer_that_never_reads_is_bounded_then_disconnected(env)
+    });
+    fault_case!(slow_subscriber_at_a_rate, conformance::adapters::Tokio, 120, |env| {
+        f::mio_slow_subscriber_at_a_rate(env, 4000, 3, 4)
+    });
+    fault_case!(
+        #[ignore = "heavy: a minute at the highest rate sustained here; tests/faults.sh runs it"]
+        slow_subscriber_at_the_reference_rate,
+        conformance::adapters::Tokio,
+        900,
+        |env| f::mio_slow_subscriber_at_a_rate(env, s5_rate(), s5_secs(), s5_subscribers())
+    );
     fault_case!(
         #[ignore = "heavy: 10,000 connections; tests/faults.sh runs it"]
         ten_thousand_connections,

@@ -15,6 +15,10 @@
 //! - [`wire`]: the frame format, specified language-neutrally in
 //!   `PROTOCOL.md`.
 //! - [`Config`]: every limit, each with a safe default and enforced here.
+//! - [`reconnect`]: when a reconnecting client tries again
+//!   ([`ReconnectPolicy`], [`Backoff`]): the delays, the server's hint as a
+//!   lower bound, when to give up; the clients that wait live in the
+//!   adapters.
 //!
 //! See [`Connection`] for the driving contract and a complete in-memory
 //! example.
@@ -28,6 +32,7 @@ mod config;
 mod conn;
 mod error;
 mod event;
+pub mod reconnect;
 mod stats;
 mod text;
 pub mod wire;
@@ -41,6 +46,7 @@ pub use event::{
     AuthReject, CancelReason, Connected, Event, HandshakeRequest, IncomingCall, IncomingNotification, PeerLimits,
     PublishId, RequestId, SubscriptionId,
 };
+pub use reconnect::{Backoff, ConnectionState, ReconnectAttempt, ReconnectPolicy};
 pub use stats::Stats;
 pub use text::Text;
 pub use wire::{CallKind, Code, MessageBatch, Metadata, SlowConsumerPolicy, TraceId};

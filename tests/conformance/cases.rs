@@ -18,10 +18,11 @@ use wharf::core::Bytes;
 use wharf::transport::{SUN_PATH_LEN, TransportError};
 use wharf::{
     AuthReject, AuthRequest, BrokerConfig, CallOptions, Client, Code, Codec, Config, ConnectionError, ConnectionState,
-    Context, Endpoint, Error, Goodbye, Metadata, PeerIdentity, Receiver, ReconnectEvent, ReconnectPolicy,
-    ReconnectingSubscription, Router, Sender, SessionInfo, Subscription, SubscriptionEvent, Timeout,
+    Context, Endpoint, Error, Goodbye, Metadata, PeerIdentity, Receiver, ReconnectEvent, ReconnectingSubscription,
+    Router, Sender, SessionInfo, Subscription, SubscriptionEvent, Timeout,
 };
 
+use super::reconnect::{assert_backoff_grows_under_the_cap, restart_policy};
 use super::{DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch, runtime_sleep};
 
 /// Bound on waiting for something that should happen at once.
@@ -90,7 +91,7 @@ fn basic_router() -> Router {
 
 /// A handler that counts its starts, counts its drops (a [`DropFlag`]) and
 /// never returns by itself.
-fn hang_router(started: &Watch<usize>, dropped: &Watch<usize>) -> Router {
+pub(super) fn hang_router(started: &Watch<usize>, dropped: &Watch<usize>) -> Router {
     let (started, dropped) = (started.clone(), dropped.clone());
     basic_router().unary("hang", move |(): (), _ctx: Context| {
         let (started, dropped) = (started.clone(), dropped.clone());
@@ -1803,15 +1804,6 @@ async fn rebind(env: &Env, ep: &Endpoint, make: impl Fn() -> wharf::ServerBuilde
     panic!("{ep} stayed in use");
 }
 
-fn restart_policy() -> ReconnectPolicy {
-    ReconnectPolicy::new()
-        .initial_delay(Duration::from_millis(10))
-        .max_delay(Duration::from_millis(80))
-        .factor(2.0)
-        .jitter(0.5)
-        .seed(7)
-}
-
 async fn next_reconnect_event<T: DeserializeOwned + fmt::Debug>(
     env: &Env,
     sub: &mut ReconnectingSubscription<T>,
@@ -1910,20 +1902,8 @@ pub async fn reconnecting_client_survives_server_restart(env: &Env) {
     assert_eq!(publisher.publish("news", &2u32).await.ok(), Some(1), "the subscription was made again");
     assert!(matches!(next_reconnect_event(env, &mut sub).await, ReconnectEvent::Message { value: 2, .. }));
 
-    // The backoff the policy recorded: attempts 1..n, each base the capped
-    // exponential one, growing until the cap, each delay within [base/2, base].
-    let attempts = client.attempts();
-    assert!(attempts.len() >= 5, "{attempts:?}");
-    for (i, a) in attempts.iter().enumerate() {
-        assert_eq!(a.attempt as usize, i + 1, "{attempts:?}");
-        assert_eq!(a.base, policy.base_delay(a.attempt), "{a:?}");
-        assert!(a.delay <= a.base && a.base <= policy.max_delay, "over the cap: {a:?}");
-        assert!(a.delay >= a.base / 2, "{a:?}");
-    }
-    for w in attempts.windows(2) {
-        assert!(w[1].base > w[0].base || w[1].base == policy.max_delay, "the base delay must grow: {w:?}");
-    }
-    assert!(attempts[4].delay > attempts[0].delay, "{attempts:?}");
+    // The backoff the policy recorded.
+    assert_backoff_grows_under_the_cap(&client.attempts(), &policy);
 
     // A graceful shutdown with a hint: the next wait is at least the hint.
     let hint = Duration::from_millis(400);

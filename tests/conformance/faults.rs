@@ -5,9 +5,11 @@
 //! reads, a subscriber that never reads (paced, and at a fixed rate with
 //! the others' latency measured), and (ignored by default) 10,000
 //! connections. They are instantiated per adapter by `tests/faults.rs`,
-//! and S1, S6 and S7 also on a wharf-mio loop ([`FaultServer`]); it runs
-//! them one at a time: they count this process's file descriptors and
-//! memory, which other tests running beside them would disturb.
+//! and S1, S5 at a rate, S6, S7, S8's slow loris and S9 also on a
+//! wharf-mio loop (one case body for both kinds of server: [`FaultServer`],
+//! set up with a [`Setup`]); it runs them one at a time: they count this
+//! process's file descriptors and memory, which other tests running beside
+//! them would disturb.
 //!
 //! Waits are bounded so that a hang fails instead of stalling the run.
 //! The bounds are generous and are not performance assertions; the one
@@ -28,9 +30,9 @@ use wharf::core::{Bytes, CallOptions, Connection, Event};
 use wharf::{Client, Config, ConnectionError, Context, Endpoint, Error, Router};
 
 #[cfg(feature = "mio")]
-use super::mio_loop::{MioServer, mio_server};
+use super::mio_loop::{Command, MioServer, mio_server};
 use super::raw::{RawClient, SilentServer};
-use super::{Adapter, DropFlag, Env, PEER_READY, Peer, Task, Transport, Watch};
+use super::{Adapter, Env, PEER_READY, Peer, Task, Transport, Watch};
 
 /// Bound on waiting for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(20);
@@ -279,9 +281,11 @@ pub async fn peer_role(env: &Env, role: &str, endpoint: &Endpoint) -> bool {
 // S1: clients killed with SIGKILL in a loop
 // ---------------------------------------------------------------------------
 
-/// The server side of the cases that run on both kinds of server (S1, S6):
-/// a wharf server on the case's adapter, or a wharf-mio loop. Each serves
-/// `echo`, and `hang`, whose calls never end until their caller goes.
+/// The server side of the cases that run on both kinds of server (S1, S5
+/// at a rate, S6, S8's slow loris, S9): a wharf server on the case's
+/// adapter, or a wharf-mio loop. Each serves `echo`; `hang`, whose calls
+/// never end until their caller goes; `blob`, answering 1 MiB; and takes
+/// `sink` notifications.
 pub trait FaultServer {
     /// Shown in what the case prints.
     fn name(&self) -> &'static str;
@@ -291,6 +295,29 @@ pub trait FaultServer {
     /// ended since (their caller gone: the handler dropped, the call
     /// cancelled).
     fn hung_calls(&self) -> (usize, usize);
+    /// Publishes each payload on `topic` from the server's side (the
+    /// application's, not a client's).
+    fn publish(&self, topic: &str, payloads: Vec<Bytes>);
+    /// How many messages the server has published, and how many its broker
+    /// dropped for subscribers that fell behind.
+    fn published_and_dropped(&self) -> (u64, u64);
+    /// Why each connection that ended did, and when.
+    fn disconnects(&self) -> Vec<(ConnectionError, Instant)>;
+}
+
+/// What a case sets on either kind of server.
+#[derive(Clone)]
+pub struct Setup {
+    /// Per-connection limits and timeouts.
+    pub config: Config,
+    /// `max_pending_handshakes`.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup { config: Config::default(), max_pending_handshakes: wharf::DEFAULT_MAX_PENDING_HANDSHAKES }
+    }
 }
 
 /// A wharf server on the case's adapter, counting its `hang` handlers.
@@ -299,6 +326,8 @@ pub struct AdapterServer {
     server: wharf::Server,
     started: Watch<usize>,
     dropped: Watch<usize>,
+    published: std::sync::atomic::AtomicU64,
+    disconnects: Watch<Vec<(ConnectionError, Instant)>>,
 }
 
 impl FaultServer for AdapterServer {
@@ -311,25 +340,44 @@ impl FaultServer for AdapterServer {
     fn hung_calls(&self) -> (usize, usize) {
         (self.started.get(), self.dropped.get())
     }
+    fn publish(&self, topic: &str, payloads: Vec<Bytes>) {
+        for p in payloads {
+            self.server.publish_raw(topic, p);
+            self.published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn published_and_dropped(&self) -> (u64, u64) {
+        (self.published.load(std::sync::atomic::Ordering::SeqCst), self.server.broker_stats().dropped)
+    }
+    fn disconnects(&self) -> Vec<(ConnectionError, Instant)> {
+        self.disconnects.get()
+    }
 }
 
-/// Binds an [`AdapterServer`] on a fresh endpoint.
+/// Binds an [`AdapterServer`] with the default [`Setup`] on a fresh endpoint.
 async fn adapter_server(env: &Env) -> (AdapterServer, Endpoint) {
+    adapter_server_with(env, Setup::default()).await
+}
+
+/// Binds an [`AdapterServer`] with `setup` on a fresh endpoint.
+async fn adapter_server_with(env: &Env, setup: Setup) -> (AdapterServer, Endpoint) {
+    const BLOB: usize = 1 << 20;
     let (started, dropped) = (Watch::new(0usize), Watch::new(0usize));
-    let router = {
-        let (started, dropped) = (started.clone(), dropped.clone());
-        echo_router().unary("hang", move |(): (), _ctx: Context| {
-            let (started, dropped) = (started.clone(), dropped.clone());
-            async move {
-                let _flag = DropFlag(dropped);
-                started.incr();
-                std::future::pending::<()>().await;
-                Ok::<(), Error>(())
-            }
-        })
+    let disconnects = Watch::new(Vec::new());
+    let router = super::cases::hang_router(&started, &dropped)
+        .raw("blob", |_p: Bytes, _ctx: Context| async move { Ok::<_, Error>(Bytes::from(vec![7u8; BLOB])) })
+        .notification("sink", |_p: (), _ctx: Context| async move {});
+    let make = || {
+        let disconnects = disconnects.clone();
+        env.server()
+            .config(setup.config.clone())
+            .max_pending_handshakes(setup.max_pending_handshakes)
+            .router(router.clone())
+            .on_disconnect(move |_, why| disconnects.update(|v| v.push((why.clone(), Instant::now()))))
     };
-    let (server, ep) = env.bind(|| env.server().router(router.clone())).await;
-    (AdapterServer { name: env.adapter, server, started, dropped }, ep)
+    let (server, ep) = env.bind(make).await;
+    let published = Default::default();
+    (AdapterServer { name: env.adapter, server, started, dropped, published, disconnects }, ep)
 }
 
 #[cfg(feature = "mio")]
@@ -343,12 +391,34 @@ impl FaultServer for MioServer {
     fn hung_calls(&self) -> (usize, usize) {
         (self.seen.hanging.load(Ordering::SeqCst), self.seen.cancelled.load(Ordering::SeqCst))
     }
+    fn publish(&self, topic: &str, payloads: Vec<Bytes>) {
+        self.command(Command::Publish(topic.to_string(), payloads));
+    }
+    fn published_and_dropped(&self) -> (u64, u64) {
+        (self.seen.published.load(Ordering::SeqCst), self.seen.dropped.load(Ordering::SeqCst))
+    }
+    fn disconnects(&self) -> Vec<(ConnectionError, Instant)> {
+        self.seen.closed_why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
-/// A wharf-mio loop (on a thread of this process) on a fresh endpoint.
+/// A wharf-mio loop (on a thread of this process) with the default
+/// [`Setup`] on a fresh endpoint.
 #[cfg(feature = "mio")]
 fn mio_loop_server(env: &Env) -> (MioServer, Endpoint) {
-    let server = mio_server(env.endpoint(), wharf::mio::ServerOptions::default(), None);
+    mio_loop_server_with(env, Setup::default())
+}
+
+/// A wharf-mio loop (on a thread of this process) with `setup` on a fresh
+/// endpoint.
+#[cfg(feature = "mio")]
+fn mio_loop_server_with(env: &Env, setup: Setup) -> (MioServer, Endpoint) {
+    let options = wharf::mio::ServerOptions {
+        config: setup.config,
+        max_pending_handshakes: setup.max_pending_handshakes,
+        ..Default::default()
+    };
+    let server = mio_server(env.endpoint(), options, None);
     let ep = server.endpoint.clone();
     (server, ep)
 }
@@ -578,18 +648,38 @@ fn hello_bytes() -> Vec<u8> {
     }
 }
 
+/// Dribblers of S8's slow-loris case.
+const LORIS: usize = 64;
+/// The handshake timeout of S8's slow-loris case.
+const LORIS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The server of S8's slow-loris case: the handshake timeout short, room
+/// for every dribbler (this case is about the timeout; the cap on pending
+/// handshakes is `handshake_flood_is_capped_oldest_first`).
+fn loris_setup() -> Setup {
+    let config = Config { handshake_timeout: LORIS_HANDSHAKE_TIMEOUT, ..Config::default() };
+    Setup { config, max_pending_handshakes: 2 * LORIS }
+}
+
+/// S8 on the case's adapter: see [`slow_loris_on`].
+pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
+    let (server, ep) = adapter_server_with(env, loris_setup()).await;
+    slow_loris_on(env, &server, &ep).await
+}
+
+/// S8 on a wharf-mio loop: see [`slow_loris_on`].
+#[cfg(feature = "mio")]
+pub async fn mio_slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
+    let (server, ep) = mio_loop_server_with(env, loris_setup());
+    slow_loris_on(env, &server, &ep).await
+}
+
 /// S8. 64 connections dribble their handshake one byte every 100 ms
 /// (slower than the handshake timeout allows). A legitimate client is
 /// served meanwhile, and every dribbler is closed at the handshake timeout.
-pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
-    const LORIS: usize = 64;
-    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-    let config = Config { handshake_timeout: HANDSHAKE_TIMEOUT, ..Config::default() };
-    // Room for every dribbler: this case is about the timeout (the cap on
-    // pending handshakes is `handshake_flood_is_capped_oldest_first`).
-    let (server, ep) =
-        env.bind(|| env.server().config(config.clone()).max_pending_handshakes(2 * LORIS).router(echo_router())).await;
-    let path = unix_path(&ep);
+async fn slow_loris_on(env: &Env, server: &impl FaultServer, ep: &Endpoint) {
+    const HANDSHAKE_TIMEOUT: Duration = LORIS_HANDSHAKE_TIMEOUT;
+    let path = unix_path(ep);
     let hello = hello_bytes();
     assert!(
         hello.len() as u64 * 100 > HANDSHAKE_TIMEOUT.as_millis() as u64,
@@ -639,13 +729,13 @@ pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
     }
 
     env.within(WAIT, "the dribblers to connect", opened.wait(|n| *n == LORIS)).await;
-    eventually(env, "the server to hold the dribblers", || server.connection_count() >= LORIS).await;
+    eventually(env, "the server to hold the dribblers", || server.connections() >= LORIS).await;
     env.sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let client = env.connect(&ep).await;
+    let client = env.connect(ep).await;
     echo_ok(&client, "past the slow loris").await;
     let served_in = t.elapsed();
-    let open_meanwhile = server.connection_count();
+    let open_meanwhile = server.connections();
     assert!(
         open_meanwhile > LORIS,
         "the legitimate client must be served while the dribblers are open ({open_meanwhile} connections)"
@@ -665,12 +755,12 @@ pub async fn slow_loris_handshakes_neither_block_nor_linger(env: &Env) {
     eprintln!(
         "S8 {}: legitimate client connected and served in {served_in:?} beside {LORIS} dribblers; \
          dribblers closed {first:?}..{last:?} after their first byte (handshake_timeout {HANDSHAKE_TIMEOUT:?})",
-        env.adapter
+        server.name()
     );
     // Closed by the handshake timeout, not before (the 100 ms slack is the
     // dribble's own step: the timeout runs from the accept).
     assert!(first + Duration::from_millis(200) >= HANDSHAKE_TIMEOUT, "a dribbler was closed after {first:?}");
-    eventually(env, "only the legitimate client to remain", || server.connection_count() == 1).await;
+    eventually(env, "only the legitimate client to remain", || server.connections() == 1).await;
     echo_ok(&client, "after the slow loris").await;
     client.close("done").await;
 }
@@ -883,30 +973,44 @@ pub async fn keepalive_client_leaves_a_silent_server_and_stays_with_a_live_one(e
     idle.close("done").await;
 }
 
+/// The write stall timeout of S9.
+const S9_STALL: Duration = Duration::from_secs(1);
+
+/// The server of S9: 8 calls in flight, 256 KiB outbound, a 1 s stall.
+fn s9_setup() -> Setup {
+    let config = Config {
+        max_in_flight: 8,
+        max_outbound_buffered: 256 * 1024,
+        write_stall_timeout: S9_STALL,
+        ..Config::default()
+    };
+    Setup { config, ..Setup::default() }
+}
+
+/// S9 on the case's adapter: see [`peer_that_never_reads_on`].
+pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
+    let (server, ep) = adapter_server_with(env, s9_setup()).await;
+    peer_that_never_reads_on(env, &server, &ep).await
+}
+
+/// S9 on a wharf-mio loop: see [`peer_that_never_reads_on`].
+#[cfg(feature = "mio")]
+pub async fn mio_peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
+    let (server, ep) = mio_loop_server_with(env, s9_setup());
+    peer_that_never_reads_on(env, &server, &ep).await
+}
+
 /// S9 and the real-socket half of §2 case 37. A client calls a method
 /// that answers 1 MiB, up to the server's in-flight limit, then sends 1 MiB
 /// notifications back to back and never reads. The server's queue for it
 /// stays bounded and it stops reading that peer (backpressure), the peer is
 /// disconnected with `PeerNotReading` at `write_stall_timeout`, and the
 /// server's memory stays flat.
-pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
+async fn peer_that_never_reads_on(env: &Env, server: &impl FaultServer, ep: &Endpoint) {
     const BLOB: usize = 1 << 20;
-    const STALL: Duration = Duration::from_secs(1);
-    let config =
-        Config { max_in_flight: 8, max_outbound_buffered: 256 * 1024, write_stall_timeout: STALL, ..Config::default() };
-    let disconnects: Watch<Vec<(ConnectionError, Instant)>> = Watch::new(Vec::new());
-    let router = Router::new()
-        .raw("blob", |_p: Bytes, _ctx: Context| async move { Ok::<_, Error>(Bytes::from(vec![7u8; BLOB])) })
-        .notification("sink", |_p: (), _ctx: Context| async move {});
-    let make = || {
-        let disconnects = disconnects.clone();
-        env.server()
-            .config(config.clone())
-            .router(router.clone())
-            .on_disconnect(move |_, why| disconnects.update(|v| v.push((why.clone(), Instant::now()))))
-    };
-    let (server, ep) = env.bind(make).await;
-    let path = unix_path(&ep);
+    const STALL: Duration = S9_STALL;
+    let config = s9_setup().config;
+    let path = unix_path(ep);
     env.sleep(Duration::from_millis(50)).await;
     let rss_before = rss_kib(None);
 
@@ -941,13 +1045,13 @@ pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
 
     let mut rss_peak = rss_before;
     env.within(Duration::from_secs(30), "the peer to be disconnected", async {
-        while disconnects.with(Vec::is_empty) {
+        while server.disconnects().is_empty() {
             rss_peak = rss_peak.max(rss_kib(None));
             env.sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    let (why, at) = disconnects.with(|v| v[0].clone());
+    let (why, at) = server.disconnects()[0].clone();
     let (result, bytes, stopped) = env
         .within(WAIT, "the writer to notice", offered.wait_map(Option::is_some, Option::take))
         .await
@@ -956,7 +1060,7 @@ pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
     eprintln!(
         "S9 {}: disconnected with {why:?}; the peer wrote {} KiB before its writes stopped ({result:?}, \
          {:?} after the disconnect); RSS {rss_before} -> peak {rss_peak} -> {rss_after} KiB",
-        env.adapter,
+        server.name(),
         bytes >> 10,
         stopped.saturating_duration_since(at)
     );
@@ -978,7 +1082,7 @@ pub async fn peer_that_never_reads_is_bounded_then_disconnected(env: &Env) {
     // 8 answers of 1 MiB in handlers plus twice 256 KiB queued; 64 MiB of
     // slack covers the allocator and the runtime.
     assert!(rss_peak < rss_before + 64 * 1024, "RSS grew from {rss_before} to {rss_peak} KiB");
-    eventually(env, "the connection to be forgotten", || server.connection_count() == 0).await;
+    eventually(env, "the connection to be forgotten", || server.connections() == 0).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1070,7 +1174,11 @@ async fn ten_thousand_connections_on(env: &Env, server: &impl FaultServer, ep: &
 
 /// A subscriber on the bare core (a thread of this process) that
 /// subscribes to `topic`, sees its subscription answered, and then never
-/// reads again, its socket open until the returned flag is raised.
+/// reads again, its socket open until the returned flag is raised. It is
+/// alive all along: it sends a `sink` notification every second. A peer
+/// that sends nothing either is dead by the keepalive rule (PROTOCOL.md
+/// 12): with the default 10 s interval a server closes it after 30 s
+/// (that is S11, and the run at the reference rate lasts a minute).
 async fn never_reading_subscriber(env: &Env, path: &std::path::Path, topic: &'static str) -> Watch<bool> {
     let subscribed = Watch::new(false);
     let stop = Watch::new(false);
@@ -1092,7 +1200,15 @@ async fn never_reading_subscriber(env: &Env, path: &std::path::Path, topic: &'st
                 }
             }
             subscribed.raise();
+            let mut alive_at = Instant::now();
             while !stop.get() {
+                if alive_at.elapsed() >= Duration::from_secs(1) {
+                    alive_at = Instant::now();
+                    // A few bytes that the server reads; it never waits on
+                    // them (the socket's send buffer holds a minute of them).
+                    let _ = c.conn.notify("sink", Bytes::new(), CallOptions::default());
+                    let _ = c.flush();
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             drop(c);
@@ -1287,22 +1403,39 @@ impl Histogram {
 /// asserted: the rate reached and the healthy subscribers'
 /// publish-to-delivery latency (p50, p99, p99.9, max).
 pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy: usize) {
-    let total = rate * secs;
+    let (server, ep) = adapter_server_with(env, s5_rate_setup(secs)).await;
+    slow_subscriber_at_a_rate_on(env, &server, &ep, rate, secs, healthy).await
+}
+
+/// S5 at a rate on a wharf-mio loop (the publisher is the test, through
+/// the loop's command channel): see [`slow_subscriber_at_a_rate`].
+#[cfg(feature = "mio")]
+pub async fn mio_slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy: usize) {
+    let (server, ep) = mio_loop_server_with(env, s5_rate_setup(secs));
+    slow_subscriber_at_a_rate_on(env, &server, &ep, rate, secs, healthy).await
+}
+
+/// The server of S5's rate case: its write stall timeout outlasts a run of
+/// `secs` seconds.
+fn s5_rate_setup(secs: u32) -> Setup {
     let config = Config { write_stall_timeout: Duration::from_secs(u64::from(secs) + 60), ..Config::default() };
-    let disconnects: Watch<Vec<ConnectionError>> = Watch::new(Vec::new());
-    let make = || {
-        let disconnects = disconnects.clone();
-        env.server()
-            .config(config.clone())
-            .router(echo_router())
-            .on_disconnect(move |_, why| disconnects.update(|v| v.push(why.clone())))
-    };
-    let (server, ep) = env.bind(make).await;
-    let path = unix_path(&ep);
+    Setup { config, ..Setup::default() }
+}
+
+async fn slow_subscriber_at_a_rate_on(
+    env: &Env,
+    server: &impl FaultServer,
+    ep: &Endpoint,
+    rate: u32,
+    secs: u32,
+    healthy: usize,
+) {
+    let total = rate * secs;
+    let path = unix_path(ep);
     let stop = never_reading_subscriber(env, &path, S5_TOPIC).await;
-    let mut peer = env.spawn_peer(&format!("s5-subscribers:{healthy}:{total}"), &ep);
+    let mut peer = env.spawn_peer(&format!("s5-subscribers:{healthy}:{total}"), ep);
     ready(env, &peer, "the healthy subscribers to subscribe").await;
-    eventually(env, "every subscriber to be connected", || server.connection_count() == healthy + 1).await;
+    eventually(env, "every subscriber to be connected", || server.connections() == healthy + 1).await;
     env.sleep(Duration::from_millis(100)).await;
     let rss_before = rss_kib(None);
 
@@ -1315,14 +1448,19 @@ pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy:
         let elapsed = t0.elapsed();
         let due = ((u128::from(rate) * elapsed.as_micros()) / 1_000_000).min(u128::from(total)) as u32;
         largest_burst = largest_burst.max(due - seq);
+        let mut batch = Vec::with_capacity((due - seq) as usize);
         while seq < due {
-            server.publish(S5_TOPIC, &(seq, monotonic_ns(), &pad)).expect("publish");
+            batch.push(wharf::Codec::Postcard.encode(&(seq, monotonic_ns(), &pad)).expect("encode"));
             seq += 1;
+        }
+        if !batch.is_empty() {
+            server.publish(S5_TOPIC, batch);
         }
         // Every message matches the slow one's subscription: what was not
         // dropped is queued for it, in the broker, its connection or the
         // socket.
-        most_kept = most_kept.max(u64::from(seq).saturating_sub(server.broker_stats().dropped));
+        let (published, dropped) = server.published_and_dropped();
+        most_kept = most_kept.max(published.saturating_sub(dropped));
         if rss.last().is_none_or(|(t, _)| elapsed >= *t + Duration::from_millis(100)) {
             rss.push((elapsed, rss_kib(None)));
         }
@@ -1334,7 +1472,7 @@ pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy:
         .within(Duration::from_secs(120), "the healthy subscribers to get every message", peer.line_with(S5_RESULT))
         .await;
     let delivered_in = t0.elapsed();
-    let dropped = server.broker_stats().dropped;
+    let dropped = server.published_and_dropped().1;
     let half = published_in / 2;
     let peak = |first: bool| rss.iter().filter(|(t, _)| (*t < half) == first).map(|(_, r)| *r).max().unwrap_or(0);
     let (first_half, second_half) = (peak(true), peak(false));
@@ -1344,10 +1482,10 @@ pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy:
          all delivered {delivered_in:?} after the start; {}; slow one: {dropped} dropped, at most {most_kept} \
          kept; server RSS {rss_before} KiB, peak {first_half} KiB in the first half, {second_half} KiB in the \
          second; disconnected {:?}",
-        env.adapter,
+        server.name(),
         f64::from(total) / published_in.as_secs_f64(),
         result.as_deref().unwrap_or("no result"),
-        disconnects.get()
+        server.disconnects()
     );
     let result = result.unwrap_or_else(|| panic!("the subscriber process ended: {:?}", peer.output()));
     assert!(result.starts_with(&format!("{S5_RESULT} ok")), "{result}");
@@ -1356,8 +1494,8 @@ pub async fn slow_subscriber_at_a_rate(env: &Env, rate: u32, secs: u32, healthy:
     // moves into its connection, and the socket buffers.
     assert!(dropped > 0, "the slow subscriber lost nothing: did it read?");
     assert!(most_kept <= 8_000, "{most_kept} messages kept at once for a subscriber that never reads");
-    assert_eq!(disconnects.get(), [], "nobody is disconnected (the slow one's policy is drop-oldest)");
-    assert_eq!(server.connection_count(), healthy + 1);
+    assert_eq!(server.disconnects(), [], "nobody is disconnected (the slow one's policy is drop-oldest)");
+    assert_eq!(server.connections(), healthy + 1);
     // Bounded memory, the reference's bound: the baseline plus, for every
     // subscriber, what the server may hold for it (a broker queue of 1024
     // messages, half of max_outbound_buffered moved into its connection:

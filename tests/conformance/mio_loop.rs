@@ -1,14 +1,15 @@
 //! A wharf-mio server driven by a hand-written mio loop on a thread of its
 //! own, with the methods the wharf-mio conformance cases and the fault
-//! cases use (`echo`, `add`, `fail`, `hang`, `blob`, `late`, `broadcast`,
-//! `cancelled`, the `shout` notification) and counters of what it saw.
+//! cases use (`echo`, `add`, `fail`, `hang`, `hanging`, `idem`, `blob`,
+//! `late`, `broadcast`, `cancelled`, `shutdown`, the `shout` notification),
+//! publishing on command, and counters of what it saw.
 //! Shared by `tests/conformance_mio.rs` and the fault cases
 //! (`tests/conformance/faults.rs`).
 
 // Each test binary uses a different subset.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,6 +31,8 @@ pub enum Command {
     Shutdown(&'static str, Option<Duration>),
     /// Drop the server at once: every socket closes, nothing is answered.
     Vanish,
+    /// Publish each payload on the topic, from the server's side.
+    Publish(String, Vec<Bytes>),
 }
 
 /// What the mio-loop server saw.
@@ -51,8 +54,16 @@ pub struct Seen {
     pub refused: AtomicUsize,
     /// Calls to `hang` that reached the server.
     pub hanging: AtomicUsize,
-    /// Why each connection closed.
-    pub closed_why: Mutex<Vec<ConnectionError>>,
+    /// Calls to `idem` that reached the server.
+    pub idem: AtomicUsize,
+    /// Whether `idem` calls wait forever instead of answering.
+    pub hold_idem: AtomicBool,
+    /// Why each connection closed, and when.
+    pub closed_why: Mutex<Vec<(ConnectionError, Instant)>>,
+    /// Messages published on command so far.
+    pub published: AtomicU64,
+    /// `BrokerStats::dropped`, after each pass.
+    pub dropped: AtomicU64,
 }
 
 /// The loop's handle: dropping it stops the loop at once (every socket
@@ -72,6 +83,11 @@ impl MioServer {
     pub fn command(&self, c: Command) {
         self.commands.send(c).unwrap();
         self.waker.wake().unwrap();
+    }
+
+    /// Whether the loop has ended (after a shutdown drained every client).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Waits for the loop to end (after a shutdown drained every client).
@@ -144,6 +160,12 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                             server.shutdown(reason, hint, now);
                         }
                         Command::Vanish => return,
+                        Command::Publish(topic, payloads) => {
+                            for p in payloads {
+                                server.publish(&topic, p);
+                                seen.published.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
                     }
                 }
             } else {
@@ -171,6 +193,25 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                     "fail" => server.respond_error(token, call.id, Code::INVALID_REQUEST, "nope"),
                     "hang" => {
                         seen.hanging.fetch_add(1, Ordering::SeqCst);
+                    }
+                    "hanging" => {
+                        let n = seen.hanging.load(Ordering::SeqCst) as u64;
+                        server.respond(token, call.id, wharf::mio::encode(&n).unwrap());
+                    }
+                    // Answers 42, or never while `hold_idem` is set.
+                    "idem" => {
+                        seen.idem.fetch_add(1, Ordering::SeqCst);
+                        if !seen.hold_idem.load(Ordering::SeqCst) {
+                            server.respond(token, call.id, wharf::mio::encode(&42u32).unwrap());
+                        }
+                    }
+                    // Answers, then shuts down with the reconnect hint asked
+                    // for (milliseconds).
+                    "shutdown" => {
+                        let hint_ms: u64 = wharf::mio::decode(&call.payload).unwrap();
+                        server.respond(token, call.id, wharf::mio::encode(&()).unwrap());
+                        stopping = true;
+                        server.shutdown("restarting", Some(Duration::from_millis(hint_ms)), now);
                     }
                     "blob" => server.respond(token, call.id, Bytes::from(vec![7u8; 1 << 20])),
                     "late" => delayed.push((token, call.id, now + Duration::from_millis(300))),
@@ -206,7 +247,7 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                 }
                 Event::Closed(e) => {
                     seen.closed.fetch_add(1, Ordering::SeqCst);
-                    seen.closed_why.lock().unwrap().push(e);
+                    seen.closed_why.lock().unwrap().push((e, Instant::now()));
                 }
                 _ => {}
             }
@@ -214,6 +255,7 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
         seen.evicted.store(server.evicted_handshakes() as usize, Ordering::SeqCst);
         seen.held.store(server.connection_count(), Ordering::SeqCst);
         seen.refused.store(server.refused_peers() as usize, Ordering::SeqCst);
+        seen.dropped.store(server.broker_stats().dropped, Ordering::SeqCst);
         if stopping && server.connection_count() == 0 {
             return;
         }

@@ -28,20 +28,22 @@ pub mod cases;
 pub mod faults;
 #[cfg(feature = "mio")]
 pub mod mio_loop;
+pub mod process;
 #[cfg(unix)]
 pub mod raw;
+pub mod reconnect;
+pub mod watch;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{Either, select};
 use wharf::{Backend, Client, ClientBuilder, Endpoint, Error, Server, ServerBuilder};
+
+pub use process::{PEER_READY, Peer, under_wine};
+pub use watch::Watch;
 
 /// What a runtime adapter provides to the suite.
 pub trait Adapter: 'static {
@@ -76,13 +78,6 @@ pub enum Transport {
 
 /// Bound on one whole case, so a hang fails the test instead of the run.
 const CASE_LIMIT: Duration = Duration::from_secs(30);
-
-/// Environment variables of a peer process (see [`Env::spawn_peer`]).
-pub const PEER_ROLE_VAR: &str = "WHARF_CONFORMANCE_PEER_ROLE";
-/// The endpoint the peer process serves on or connects to.
-pub const PEER_ENDPOINT_VAR: &str = "WHARF_CONFORMANCE_PEER_ENDPOINT";
-/// What a peer process prints once it is ready.
-pub const PEER_READY: &str = "WHARF-CONFORMANCE-PEER-READY";
 
 /// What a case gets: the adapter's backend and fresh endpoints on one
 /// transport, plus runtime-neutral helpers.
@@ -126,9 +121,7 @@ pub fn run<A: Adapter>(
 /// Runs the peer-process role named in the environment, if any (the
 /// `peer` test of each instantiation; a no-op when run without the role).
 pub fn peer_main<A: Adapter>(transport: Transport, module: &str) {
-    let Ok(role) = std::env::var(PEER_ROLE_VAR) else { return };
-    let endpoint: Endpoint =
-        std::env::var(PEER_ENDPOINT_VAR).expect("peer endpoint variable").parse().expect("peer endpoint parses");
+    let Some((role, endpoint)) = process::role() else { return };
     let peer_test = peer_test_name(module);
     A::block_on(async move {
         // No directory: the process is killed, so it could not remove one.
@@ -257,27 +250,7 @@ impl Env {
     /// [`cases::peer_role`]) on `endpoint`. The process is killed when the
     /// handle drops.
     pub fn spawn_peer(&self, role: &str, endpoint: &Endpoint) -> Peer {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let mut child = Command::new(exe)
-            .args([self.peer_test.as_str(), "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(PEER_ROLE_VAR, role)
-            .env(PEER_ENDPOINT_VAR, endpoint.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting the peer process");
-        let lines: Watch<Vec<String>> = Watch::new(Vec::new());
-        let stdout = child.stdout.take().expect("piped stdout");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.update(|v| v.push(line));
-            }
-            sink.update(|v| v.push(String::from("<eof>")));
-        });
-        Peer { child, lines, killed: false }
+        process::spawn(&self.peer_test, role, endpoint)
     }
 }
 
@@ -314,95 +287,6 @@ pub fn free_port() -> u16 {
 pub async fn runtime_sleep(backend: Backend, duration: Duration) {
     let mut timer = backend.runtime.timer(backend.runtime.now() + duration);
     std::future::poll_fn(|cx| timer.as_mut().poll_fire(cx)).await
-}
-
-/// A value shared between tasks (and threads), and a way to wait until it
-/// satisfies a condition: gates, counters, flags, join handles. Written
-/// here so the cases need no runtime's synchronisation types.
-pub struct Watch<T> {
-    inner: Arc<Mutex<(T, Vec<Waker>)>>,
-}
-
-impl<T> Clone for Watch<T> {
-    fn clone(&self) -> Self {
-        Watch { inner: self.inner.clone() }
-    }
-}
-
-impl<T> Watch<T> {
-    /// A cell holding `value`.
-    pub fn new(value: T) -> Self {
-        Watch { inner: Arc::new(Mutex::new((value, Vec::new()))) }
-    }
-
-    /// Changes the value and wakes every waiter.
-    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let (r, wakers) = {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let r = f(&mut g.0);
-            (r, std::mem::take(&mut g.1))
-        };
-        for w in wakers {
-            w.wake();
-        }
-        r
-    }
-
-    /// Replaces the value.
-    pub fn set(&self, value: T) {
-        self.update(|v| *v = value);
-    }
-
-    /// Reads the value.
-    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.inner.lock().unwrap_or_else(|e| e.into_inner()).0)
-    }
-
-    /// Waits until `pred` holds, then returns what `take` makes of the value.
-    pub async fn wait_map<R>(&self, mut pred: impl FnMut(&T) -> bool, mut take: impl FnMut(&mut T) -> R) -> R {
-        std::future::poll_fn(|cx| {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if pred(&g.0) {
-                return Poll::Ready(take(&mut g.0));
-            }
-            if !g.1.iter().any(|w| w.will_wake(cx.waker())) {
-                g.1.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Waits until `pred` holds.
-    pub async fn wait(&self, pred: impl FnMut(&T) -> bool) {
-        self.wait_map(pred, |_| ()).await
-    }
-}
-
-impl<T: Clone> Watch<T> {
-    /// A copy of the value.
-    pub fn get(&self) -> T {
-        self.with(T::clone)
-    }
-}
-
-impl Watch<usize> {
-    /// Adds one.
-    pub fn incr(&self) {
-        self.update(|n| *n += 1);
-    }
-}
-
-impl Watch<bool> {
-    /// Sets the flag (opens a gate).
-    pub fn raise(&self) {
-        self.set(true);
-    }
-
-    /// Waits until the flag is set.
-    pub async fn raised(&self) {
-        self.wait(|b| *b).await
-    }
 }
 
 /// Raises a flag when dropped: tells a case that a handler's future was
@@ -467,57 +351,6 @@ impl<T> Task<T> {
     /// Whether it has finished.
     pub fn is_finished(&self) -> bool {
         self.cell.with(|s| !matches!(s, TaskState::Running))
-    }
-}
-
-/// A peer process: this test binary running one role of [`cases::peer_role`].
-pub struct Peer {
-    child: Child,
-    lines: Watch<Vec<String>>,
-    killed: bool,
-}
-
-impl Peer {
-    /// Waits until the peer printed [`PEER_READY`] (true) or exited (false).
-    pub async fn ready(&self) -> bool {
-        self.lines.wait(|v| v.iter().any(|l| l.contains(PEER_READY) || l == "<eof>")).await;
-        self.lines.with(|v| v.iter().any(|l| l.contains(PEER_READY)))
-    }
-
-    /// Waits for a line holding `marker` and returns it from the marker on
-    /// (`None`: the peer's output ended without one).
-    pub async fn line_with(&self, marker: &str) -> Option<String> {
-        self.lines.wait(|v| v.iter().any(|l| l.contains(marker) || l == "<eof>")).await;
-        self.lines.with(|v| v.iter().find_map(|l| l.find(marker).map(|at| l[at..].to_string())))
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// What the peer printed so far.
-    pub fn output(&self) -> Vec<String> {
-        self.lines.get()
-    }
-
-    /// Kills the process with SIGKILL (on Unix; `TerminateProcess` on
-    /// Windows) and returns the moment it was sent.
-    pub fn kill(&mut self) -> Instant {
-        self.child.kill().expect("killing the peer process");
-        let at = Instant::now();
-        self.killed = true;
-        let _ = self.child.wait();
-        at
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if !self.killed {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -678,22 +511,4 @@ macro_rules! conformance_cases {
             }
         )*
     };
-}
-
-/// Whether this process runs under Wine (its ntdll exports `wine_get_version`).
-#[cfg(windows)]
-pub fn under_wine() -> bool {
-    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
-    // SAFETY: both strings are NUL-terminated literals; ntdll is always
-    // loaded, and a null module handle is checked before use.
-    unsafe {
-        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
-        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
-    }
-}
-
-/// Whether this process runs under Wine (never, off Windows).
-#[cfg(not(windows))]
-pub fn under_wine() -> bool {
-    false
 }

@@ -5,7 +5,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wharf_core::{Config, Connection, Text};
+use wharf_core::{Config, Connection, ReconnectPolicy, Text};
 use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy, PipeRetry, TransportError};
 
 use crate::api::{Client, Session};
@@ -13,7 +13,7 @@ use crate::backend::{Backend, IntoEndpoint};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::io::ByteStream;
-use crate::reconnect::{ReconnectPolicy, ReconnectingClient};
+use crate::reconnect::ReconnectingClient;
 use crate::router::Router;
 use crate::session::{Driver, Inner};
 

@@ -40,15 +40,16 @@ pub use client::ClientBuilder;
 pub use codec::{CONTENT_TYPE, Codec};
 pub use error::Error;
 pub use io::{ByteListener, ByteStream, FuturesIo};
-pub use reconnect::{
-    ConnectionState, ReconnectAttempt, ReconnectEvent, ReconnectPolicy, ReconnectingClient, ReconnectingSubscription,
-};
+pub use reconnect::{ReconnectEvent, ReconnectingClient, ReconnectingSubscription};
+// The policy and its delays are wharf-core's (shared with wharf-mio's
+// blocking `ReconnectingClient`).
 pub use router::{Context, Router};
 pub use runtime::{BoxFuture, Runtime, Timer};
 pub use server::{AuthRequest, Server, ServerBuilder, SessionInfo};
 pub use session::Goodbye;
 pub use stream::{Receiver, ResponseFuture, Sender};
 pub use wharf_core::AuthReject;
+pub use wharf_core::{ConnectionState, ReconnectAttempt, ReconnectPolicy};
 pub use wharf_core::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES};
 
 pub use wharf_core::broker::{BrokerConfig, BrokerStats, PublishReport};

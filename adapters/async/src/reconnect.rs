@@ -29,7 +29,11 @@ use bytes::Bytes;
 use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wharf_core::{CallKind, CallOptions, Code, ConnectionError, SubscribeOptions, Text, Timeout};
+use wharf_core::reconnect::{KEPT_ATTEMPTS, is_permanent};
+use wharf_core::{
+    Backoff, CallKind, CallOptions, Code, ConnectionError, ConnectionState, ReconnectAttempt, ReconnectPolicy,
+    SubscribeOptions, Text, Timeout,
+};
 use wharf_transport::Endpoint;
 
 use crate::api::RawItem;
@@ -38,221 +42,6 @@ use crate::client::ConnectParts;
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::runtime::{Runtime, Timer};
-
-/// How many attempt records [`ReconnectingClient::attempts`] keeps (the
-/// most recent ones).
-const HISTORY: usize = 64;
-
-/// When and how often a [`ReconnectingClient`] tries to connect again.
-///
-/// The delay before reconnection attempt `n` (1-based, counted from the
-/// moment the connection ended, reset by every successful connection) is
-/// `base(n) = min(max_delay, initial_delay × factor^(n-1))`, minus a random
-/// share of up to `jitter × base(n)` ("equal jitter": with the default 0.5,
-/// a delay lies in `[base/2, base]`), so that many clients of one restarted
-/// server do not come back in lockstep. The delay is never less than the
-/// `reconnect_after` hint of the server's GOODBYE (or handshake rejection),
-/// even when the hint is above `max_delay`.
-///
-/// Defaults: `initial_delay` 100 ms, `max_delay` 10 s, `factor` 2.0,
-/// `jitter` 0.5, no `max_attempts` (try forever), a random seed per client.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct ReconnectPolicy {
-    /// The base delay before the first attempt.
-    pub initial_delay: Duration,
-    /// The cap on the base delay (the hint may exceed it).
-    pub max_delay: Duration,
-    /// How much the base delay grows per failed attempt (at least 1).
-    pub factor: f64,
-    /// The share of the base delay that is random, 0 to 1.
-    pub jitter: f64,
-    /// Give up after this many failed attempts in a row (`None`: never).
-    pub max_attempts: Option<u32>,
-    /// The jitter generator's seed (`None`: a different one per client).
-    pub seed: Option<u64>,
-}
-
-impl Default for ReconnectPolicy {
-    fn default() -> Self {
-        ReconnectPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(10),
-            factor: 2.0,
-            jitter: 0.5,
-            max_attempts: None,
-            seed: None,
-        }
-    }
-}
-
-impl ReconnectPolicy {
-    /// The default policy.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the base delay before the first attempt.
-    pub fn initial_delay(mut self, delay: Duration) -> Self {
-        self.initial_delay = delay;
-        self
-    }
-
-    /// Sets the cap on the base delay.
-    pub fn max_delay(mut self, delay: Duration) -> Self {
-        self.max_delay = delay;
-        self
-    }
-
-    /// Sets the growth factor (values below 1 are taken as 1).
-    pub fn factor(mut self, factor: f64) -> Self {
-        self.factor = factor;
-        self
-    }
-
-    /// Sets the random share of each delay (clamped to 0..=1).
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
-        self
-    }
-
-    /// Gives up after `attempts` failed attempts in a row.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = Some(attempts);
-        self
-    }
-
-    /// Fixes the jitter generator's seed (for reproducible delays).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// The base delay (before jitter) of attempt `attempt` (1-based).
-    pub fn base_delay(&self, attempt: u32) -> Duration {
-        let factor = if self.factor.is_finite() { self.factor.max(1.0) } else { 1.0 };
-        let exp = attempt.saturating_sub(1).min(1024) as i32;
-        let secs = self.initial_delay.as_secs_f64() * factor.powi(exp);
-        let max = self.max_delay.as_secs_f64();
-        if secs.is_finite() && secs < max { Duration::from_secs_f64(secs) } else { self.max_delay }
-    }
-}
-
-/// The delays of one client's policy: the policy plus its jitter generator.
-#[derive(Clone, Debug)]
-pub(crate) struct Backoff {
-    policy: ReconnectPolicy,
-    rng: SplitMix64,
-}
-
-impl Backoff {
-    pub(crate) fn new(policy: ReconnectPolicy) -> Backoff {
-        let seed = policy.seed.unwrap_or_else(random_seed);
-        Backoff { policy, rng: SplitMix64(seed) }
-    }
-
-    /// The record of attempt `attempt`: its base delay, and the delay after
-    /// jitter and the hint.
-    pub(crate) fn next(&mut self, attempt: u32, hint: Option<Duration>) -> ReconnectAttempt {
-        let base = self.policy.base_delay(attempt);
-        let jitter = if self.policy.jitter.is_finite() { self.policy.jitter.clamp(0.0, 1.0) } else { 0.0 };
-        let cut = base.as_secs_f64() * jitter * self.rng.next_f64();
-        let jittered = base.saturating_sub(Duration::from_secs_f64(cut));
-        let delay = match hint {
-            Some(h) if h > jittered => h,
-            _ => jittered,
-        };
-        ReconnectAttempt { attempt, base, delay, hint }
-    }
-}
-
-/// A small, fast, non-cryptographic generator (Steele, Lea, Flood:
-/// SplitMix64): enough to spread reconnecting clients apart.
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// A seed that differs per client and per process (std's per-process
-/// random hash keys, a counter and the clock).
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(d.as_nanos());
-    }
-    h.finish()
-}
-
-/// One reconnection attempt's wait, as the policy computed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReconnectAttempt {
-    /// Which attempt since the connection ended (1-based).
-    pub attempt: u32,
-    /// The capped exponential delay, before jitter.
-    pub base: Duration,
-    /// The delay waited before the attempt: `base` minus jitter, raised to
-    /// the hint if the hint is longer.
-    pub delay: Duration,
-    /// The server's `reconnect_after` hint that applied, if any.
-    pub hint: Option<Duration>,
-}
-
-/// Where a [`ReconnectingClient`] is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConnectionState {
-    /// Connected; `generation` counts connections (1 is the first).
-    Connected {
-        /// Which connection this is.
-        generation: u64,
-    },
-    /// The connection ended; waiting `delay`, then making attempt `attempt`
-    /// (the state stays until that attempt succeeds or the next wait starts).
-    Reconnecting {
-        /// The attempt number since the connection ended (1-based).
-        attempt: u32,
-        /// The delay before this attempt.
-        delay: Duration,
-    },
-    /// The policy's `max_attempts` failed in a row (or the server refused
-    /// the handshake for good); nothing is retried any more.
-    GaveUp {
-        /// How many attempts were made.
-        attempts: u32,
-    },
-    /// The handle was closed (or every handle was dropped).
-    Closed,
-}
-
-impl ConnectionState {
-    /// Whether it is [`Connected`](Self::Connected).
-    pub fn is_connected(&self) -> bool {
-        matches!(self, ConnectionState::Connected { .. })
-    }
-
-    /// Whether it is final ([`GaveUp`](Self::GaveUp) or [`Closed`](Self::Closed)).
-    pub fn is_final(&self) -> bool {
-        matches!(self, ConnectionState::GaveUp { .. } | ConnectionState::Closed)
-    }
-}
 
 /// An item of a [`ReconnectingSubscription`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -854,8 +643,8 @@ async fn unless_closing<T>(shared: &Shared, future: impl Future<Output = T>) -> 
 /// Whether a failed connection attempt is worth repeating.
 fn permanent(e: &Error) -> bool {
     match e {
-        Error::ConnectionLost(ConnectionError::Rejected { code, .. }) => *code == Code::AUTH_FAILED,
-        Error::ConnectionLost(ConnectionError::VersionMismatch { .. }) | Error::Config(_) => true,
+        Error::ConnectionLost(c) => is_permanent(c),
+        Error::Config(_) => true,
         _ => false,
     }
 }
@@ -881,7 +670,7 @@ async fn supervise(shared: Arc<Shared>, mut backoff: Backoff, first: Session) {
         {
             let mut st = shared.lock();
             st.session = None;
-            if st.history.len() == HISTORY {
+            if st.history.len() == KEPT_ATTEMPTS {
                 st.history.pop_front();
             }
             st.history.push_back(record);
@@ -939,7 +728,7 @@ async fn supervise(shared: Arc<Shared>, mut backoff: Backoff, first: Session) {
                 let stop = permanent(&e);
                 shared.lock().last_error = Some(e);
                 failed += 1;
-                if stop || backoff.policy.max_attempts.is_some_and(|max| failed >= max) {
+                if stop || backoff.policy().gives_up_after(failed) {
                     break 'run ConnectionState::GaveUp { attempts: failed };
                 }
             }
@@ -955,70 +744,4 @@ async fn supervise(shared: Arc<Shared>, mut backoff: Backoff, first: Session) {
         old
     };
     drop(old);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn base_delays_grow_by_the_factor_up_to_the_cap() {
-        let p = ReconnectPolicy::new().initial_delay(ms(10)).max_delay(ms(100)).factor(2.0);
-        let bases: Vec<Duration> = (1..=7).map(|a| p.base_delay(a)).collect();
-        assert_eq!(bases, [ms(10), ms(20), ms(40), ms(80), ms(100), ms(100), ms(100)]);
-        // Huge attempt numbers saturate at the cap instead of overflowing.
-        assert_eq!(p.base_delay(u32::MAX), ms(100));
-        // A factor below 1 is taken as 1.
-        assert_eq!(p.clone().factor(0.1).base_delay(5), ms(10));
-    }
-
-    #[test]
-    fn jittered_sequence_is_deterministic_with_a_seed_and_stays_in_bounds() {
-        let p = ReconnectPolicy::new().initial_delay(ms(10)).max_delay(ms(100)).factor(2.0).jitter(0.5).seed(42);
-        let run = |p: &ReconnectPolicy| -> Vec<ReconnectAttempt> {
-            let mut b = Backoff::new(p.clone());
-            (1..=10).map(|a| b.next(a, None)).collect()
-        };
-        let one = run(&p);
-        assert_eq!(one, run(&p), "the same seed gives the same delays");
-        assert_ne!(one, run(&p.clone().seed(43)), "another seed gives other delays");
-        for r in &one {
-            assert_eq!(r.base, p.base_delay(r.attempt));
-            assert!(r.delay <= r.base && r.delay <= ms(100), "{r:?}");
-            assert!(r.delay >= r.base / 2, "equal jitter keeps at least half: {r:?}");
-        }
-        // With factor 2 and jitter 0.5 the delays never shrink below the cap.
-        for w in one.windows(2).take(3) {
-            assert!(w[1].delay >= w[0].delay, "{w:?}");
-        }
-        assert!(one[3].delay > one[0].delay);
-        // The jitter really varies the delays at the cap.
-        let capped: std::collections::HashSet<Duration> = one[5..].iter().map(|r| r.delay).collect();
-        assert!(capped.len() > 1, "{one:?}");
-    }
-
-    #[test]
-    fn no_jitter_gives_the_base_and_a_hint_is_a_lower_bound() {
-        let p = ReconnectPolicy::new().initial_delay(ms(10)).max_delay(ms(50)).jitter(0.0).seed(1);
-        let mut b = Backoff::new(p);
-        assert_eq!(b.next(1, None).delay, ms(10));
-        assert_eq!(b.next(2, Some(ms(5))).delay, ms(20), "a shorter hint changes nothing");
-        let r = b.next(3, Some(ms(700)));
-        assert_eq!(
-            (r.delay, r.hint, r.base),
-            (ms(700), Some(ms(700)), ms(40)),
-            "a longer hint wins, even over the cap"
-        );
-    }
-
-    #[test]
-    fn unseeded_clients_get_different_generators() {
-        let a = Backoff::new(ReconnectPolicy::new()).rng.0;
-        let b = Backoff::new(ReconnectPolicy::new()).rng.0;
-        assert_ne!(a, b);
-    }
 }

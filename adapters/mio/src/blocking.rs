@@ -11,14 +11,15 @@ use mio::{Events, Poll, Token};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wharf_core::{
-    CallOptions, Code, Config, Connected, Connection, ConnectionError, Event, SendError, SlowConsumerPolicy,
-    SubscribeOptions, SubscriptionId, Text, Timeout,
+    CallOptions, Code, Config, Connected, Connection, ConnectionError, Event, ReconnectPolicy, SendError,
+    SlowConsumerPolicy, SubscribeOptions, SubscriptionId, Text, Timeout,
 };
 use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy};
 
 use crate::conn::Conn;
 use crate::error::Error;
 use crate::net::Stream;
+use crate::reconnect::ReconnectingClient;
 
 const TOKEN: Token = Token(0);
 
@@ -55,6 +56,26 @@ pub enum Incoming {
         /// Payload.
         payload: Bytes,
     },
+    /// ([`ReconnectingClient`](crate::ReconnectingClient) only.) The
+    /// connection was lost and this subscription has been made again on
+    /// connection `generation`: messages published in between are lost
+    /// (how many is unknown). Comes before the first message of the new
+    /// connection.
+    Gap {
+        /// The subscription.
+        subscription: SubscriptionId,
+        /// The connection it now lives on (1 is the first).
+        generation: u64,
+    },
+    /// ([`ReconnectingClient`](crate::ReconnectingClient) only.) The
+    /// server of a new connection refused to make this subscription again
+    /// (with `code`): it has ended.
+    Ended {
+        /// The subscription.
+        subscription: SubscriptionId,
+        /// The server's refusal.
+        code: Code,
+    },
 }
 
 impl Incoming {
@@ -65,6 +86,14 @@ impl Incoming {
             Incoming::Lagged { dropped, .. } => Err(Error::Decode {
                 what: std::any::type_name::<T>(),
                 message: format!("a lag report ({dropped} messages lost) has no payload"),
+            }),
+            Incoming::Gap { generation, .. } => Err(Error::Decode {
+                what: std::any::type_name::<T>(),
+                message: format!("a gap notice (subscribed again on connection {generation}) has no payload"),
+            }),
+            Incoming::Ended { code, .. } => Err(Error::Decode {
+                what: std::any::type_name::<T>(),
+                message: format!("the end of a subscription (refused: {code}) has no payload"),
             }),
         }
     }
@@ -166,9 +195,46 @@ impl ClientBuilder {
     /// Connects to `endpoint` and completes the handshake, within the
     /// connect timeout.
     pub fn connect(self, endpoint: &Endpoint) -> Result<Client, Error> {
+        let timeout = self.connect_timeout;
+        self.connect_within(endpoint, timeout)
+    }
+
+    /// Connects to `endpoint` like [`connect`](Self::connect), then keeps
+    /// the client connected: when the connection ends, the returned
+    /// [`ReconnectingClient`] connects again with this builder's settings,
+    /// waiting between attempts as `policy` says (capped exponential
+    /// backoff with jitter, never less than the server's GOODBYE
+    /// `reconnect_after` hint). The first connection is not retried: if it
+    /// fails, this returns its error, as `connect` does.
+    pub fn connect_reconnecting(
+        self,
+        endpoint: &Endpoint,
+        policy: ReconnectPolicy,
+    ) -> Result<ReconnectingClient, Error> {
+        let first = self.clone().connect(endpoint)?;
+        Ok(ReconnectingClient::start(self, endpoint.clone(), policy, first))
+    }
+
+    /// The time allowed for connecting and the handshake together.
+    pub(crate) fn connect_time(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The default deadline of each call.
+    pub(crate) fn call_time(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// How many messages and notifications are kept while nobody reads.
+    pub(crate) fn queue_limit(&self) -> usize {
+        self.max_queued
+    }
+
+    /// Connects and completes the handshake within `timeout`.
+    pub(crate) fn connect_within(self, endpoint: &Endpoint, timeout: Duration) -> Result<Client, Error> {
         let start = Instant::now();
-        let deadline = start + self.connect_timeout;
-        let (stream, peer) = Stream::connect(endpoint, self.connect_timeout)?;
+        let deadline = start + timeout;
+        let (stream, peer) = Stream::connect(endpoint, timeout)?;
         // Before a byte is sent: is this a server we trust?
         wharf_transport::check_server(self.server_policy.as_ref(), endpoint, &peer)?;
         let config = Arc::new(self.config);
@@ -189,9 +255,9 @@ impl ClientBuilder {
             goodbye: None,
             closed: None,
             dropped_notifications: 0,
+            sent: false,
         };
-        let ev =
-            client.wait_for(Some(deadline), "connect", self.connect_timeout, |e| matches!(e, Event::Connected(_)))?;
+        let ev = client.wait_for(Some(deadline), "connect", timeout, |e| matches!(e, Event::Connected(_)))?;
         if let Event::Connected(c) = ev {
             tracing::debug!(endpoint = %endpoint, connection_id = c.connection_id, "wharf: connected");
             client.connected = Some(c);
@@ -231,6 +297,10 @@ pub struct Client {
     closed: Option<ConnectionError>,
     /// Notifications dropped from the full local queue.
     dropped_notifications: u64,
+    /// Whether the last command issued reached the connection (it may have
+    /// been processed by the server): a [`ReconnectingClient`] never sends
+    /// such an operation again on its own.
+    pub(crate) sent: bool,
 }
 
 impl Client {
@@ -536,6 +606,7 @@ impl Client {
         mut command: impl FnMut(&mut Connection, Instant) -> Result<T, SendError>,
     ) -> Result<T, Error> {
         let deadline = deadline.into();
+        self.sent = false;
         loop {
             match command(self.conn.core(), Instant::now()) {
                 Err(SendError::Blocked { .. }) => {
@@ -550,9 +621,32 @@ impl Client {
                     self.absorb_all();
                     return Err(Error::from(e));
                 }
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.sent = true;
+                    return Ok(v);
+                }
             }
         }
+    }
+
+    /// Takes what the socket and the timers have for the connection now,
+    /// without waiting: an end of stream or a GOODBYE that arrived while
+    /// nobody was calling is then reflected in [`closed`](Self::closed) and
+    /// [`goodbye`](Self::goodbye).
+    pub(crate) fn refresh(&mut self) {
+        self.conn.drive(Instant::now());
+        self.absorb_all();
+        match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            Ok(()) => {
+                for event in self.events.iter() {
+                    self.conn.ready(event);
+                }
+            }
+            // Nothing was taken: the next wait takes it.
+            Err(e) => tracing::debug!(endpoint = %self.endpoint, error = %e, "wharf: poll failed"),
+        }
+        self.conn.drive(Instant::now());
+        self.absorb_all();
     }
 
     /// Drives the connection until an event `want` accepts arrives; every
@@ -668,7 +762,7 @@ impl Client {
         self.queue.push_back(item);
     }
 
-    fn take_queued(&mut self) -> Option<Incoming> {
+    pub(crate) fn take_queued(&mut self) -> Option<Incoming> {
         if let Some(&subscription) = self.lag.keys().next() {
             let dropped = self.lag.remove(&subscription).unwrap_or_default();
             return Some(Incoming::Lagged { subscription, dropped });

@@ -1,6 +1,7 @@
 //! The error type of wharf-mio.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +39,20 @@ pub enum Error {
     /// with this.
     #[error("connection lost: {0}")]
     ConnectionLost(ConnectionError),
+    /// A [`ReconnectingClient`](crate::ReconnectingClient) stopped trying:
+    /// `attempts` reconnection attempts to `endpoint` failed in a row (its
+    /// policy's `max_attempts`), or the server refused the handshake for
+    /// good (the last error says why).
+    #[error("gave up reconnecting to {endpoint} after {attempts} failed attempts")]
+    ReconnectGaveUp {
+        /// The endpoint.
+        endpoint: String,
+        /// How many attempts failed.
+        attempts: u32,
+        /// Why the last one failed.
+        #[source]
+        last: Option<Arc<Error>>,
+    },
     /// The server refused a subscription or publish with this code.
     #[error("refused by the server: {0}")]
     Refused(Code),
@@ -88,7 +103,7 @@ impl Error {
             Error::Remote { code, .. } | Error::Refused(code) => *code,
             Error::TimedOut { .. } => Code::DEADLINE_EXCEEDED,
             Error::Cancelled => Code::CANCELLED,
-            Error::ConnectionLost(_) => Code::CONNECTION_LOST,
+            Error::ConnectionLost(_) | Error::ReconnectGaveUp { .. } => Code::CONNECTION_LOST,
             Error::Send(SendError::TooLarge { .. }) => Code::TOO_LARGE,
             Error::Send(SendError::TooManyInFlight { .. }) => Code::BUSY,
             Error::Decode { .. } => Code::INVALID_REQUEST,
@@ -126,6 +141,7 @@ impl From<Error> for io::Error {
             Error::Transport(t) => t.into(),
             Error::ConnectionLost(c) => c.into(),
             Error::TimedOut { .. } => io::Error::new(io::ErrorKind::TimedOut, e.to_string()),
+            Error::ReconnectGaveUp { .. } => io::Error::new(io::ErrorKind::NotConnected, e.to_string()),
             other => io::Error::other(other.to_string()),
         }
     }

@@ -15,7 +15,11 @@
 //!   their connections themselves (a client inside a game loop, say).
 //! - [`Client`]: a blocking client (calls, notifications, subscriptions as
 //!   an iterator, publishes, pings, each with a deadline) on a private
-//!   `mio::Poll`.
+//!   `mio::Poll`; [`ReconnectingClient`] connects it again when its
+//!   connection ends (capped exponential backoff with jitter, the server's
+//!   hint as a lower bound, calls never re-sent unless marked idempotent,
+//!   subscriptions made again with an [`Incoming::Gap`]), with the same
+//!   [`ReconnectPolicy`] as the async clients.
 //! - [`Listener`] and [`Stream`]: Unix sockets, TCP, and Windows named
 //!   pipes (`mio::windows::NamedPipe`), bound and connected with the
 //!   transport crate's safe defaults and typed errors.
@@ -66,13 +70,16 @@ mod blocking;
 mod conn;
 mod error;
 mod net;
+mod reconnect;
 mod server;
 
 pub use blocking::{Client, ClientBuilder, Goodbye, Incoming, Messages, decode, encode};
 pub use conn::Conn;
 pub use error::Error;
 pub use net::{BindOptions, Listener, Stream};
+pub use reconnect::{ReconnectMonitor, ReconnectingClient, ReconnectingMessages};
 pub use server::{AuthRequest, Server, ServerEvent, ServerOptions};
 pub use wharf_core as core;
 pub use wharf_core::AuthReject;
+pub use wharf_core::{ConnectionState, ReconnectAttempt, ReconnectPolicy};
 pub use wharf_transport::{Endpoint, PeerIdentity, PeerPolicy, PipeOptions, Sid};
