@@ -163,9 +163,25 @@ mod wharf_mio {
     fault_case!(slow_loris_handshakes_neither_block_nor_linger, conformance::adapters::Tokio, 120, |env| {
         f::mio_slow_loris_handshakes_neither_block_nor_linger(env)
     });
+    fault_case!(handshake_flood_is_capped_oldest_first, conformance::adapters::Tokio, 180, |env| {
+        f::mio_handshake_flood_is_capped_oldest_first(env)
+    });
+    fault_case!(keepalive_closes_a_silent_peer_and_keeps_an_idle_one, conformance::adapters::Tokio, 60, |env| {
+        f::mio_keepalive_closes_a_silent_peer_and_keeps_an_idle_one(env)
+    });
     fault_case!(peer_that_never_reads_is_bounded_then_disconnected, conformance::adapters::Tokio, 120, |env| {
         f::mio_peer_that_never_reads_is_bounded_then_disconnected(env)
     });
+    fault_case!(slow_subscriber_leaves_healthy_ones_and_memory_alone, conformance::adapters::Tokio, 120, |env| {
+        f::mio_slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 20_000)
+    });
+    fault_case!(
+        #[ignore = "heavy: 200,000 messages; tests/faults.sh runs it"]
+        slow_subscriber_200k_messages,
+        conformance::adapters::Tokio,
+        900,
+        |env| f::mio_slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 200_000)
+    );
     fault_case!(slow_subscriber_at_a_rate, conformance::adapters::Tokio, 120, |env| {
         f::mio_slow_subscriber_at_a_rate(env, 4000, 3, 4)
     });
