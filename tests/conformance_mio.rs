@@ -1174,23 +1174,31 @@ fn goodbye_server(ep: &Endpoint) -> MioServer {
     }
 }
 
-/// Once `count` shows a call reached `server`, shuts it down with a
-/// `reconnect_after` hint of `hint`, then (if `answer`) answers the
-/// `wait` calls it holds: the GOODBYE goes out before the answer.
-fn goodbye_once_waiting(
+/// Makes `call` while, once `count` shows the call reached `server`,
+/// another thread shuts the server down with a `reconnect_after` hint of
+/// `hint`, then (if `answer`) answers the `wait` calls it holds: the
+/// GOODBYE goes out before the answer. Returns the call's outcome and how
+/// long it took.
+fn call_through_a_goodbye(
     server: &MioServer,
     count: fn(&mio_loop::Seen) -> usize,
     hint: Duration,
     answer: bool,
-) -> std::thread::JoinHandle<()> {
+    call: impl FnOnce() -> Result<Bytes, Error>,
+) -> (Result<Bytes, Error>, Duration) {
     let (seen, commands) = (server.seen.clone(), server.commander());
-    std::thread::spawn(move || {
+    let bye = std::thread::spawn(move || {
         wait_until("the call to reach the server", || count(&seen) == 1);
         commands(Command::Shutdown("restarting", Some(hint)));
         if answer {
             commands(Command::Answer);
         }
-    })
+    });
+    let t = Instant::now();
+    let r = call();
+    let took = t.elapsed();
+    bye.join().unwrap();
+    (r, took)
 }
 
 /// S3 on the blocking client: the server says GOODBYE (`SHUTTING_DOWN`,
@@ -1221,9 +1229,7 @@ fn case_goodbye_while_a_call_waits(t: Transport) {
     let server = goodbye_server(&ep);
     let mut c = Client::builder().call_timeout(Duration::from_secs(20)).connect(&server.endpoint).unwrap();
     let ep = server.endpoint.clone();
-    let bye_thread = goodbye_once_waiting(&server, waiting, hint, true);
-    let r = c.call_raw("wait", Bytes::new());
-    bye_thread.join().unwrap();
+    let (r, _) = call_through_a_goodbye(&server, waiting, hint, true, || c.call_raw("wait", Bytes::new()));
     eprintln!("S3 goodbye ({t:?}): a call answered after the GOODBYE: {r:?}; goodbye {:?}", c.goodbye());
     assert_eq!(r.unwrap(), &b"answered"[..], "the call the server answered after its GOODBYE");
     assert_eq!(c.goodbye(), Some(&bye), "the GOODBYE arrived before the answer");
@@ -1244,11 +1250,7 @@ fn case_goodbye_while_a_call_waits(t: Transport) {
 
     let server = goodbye_server(&ep);
     let mut c = Client::builder().call_timeout(Duration::from_secs(20)).connect(&ep).unwrap();
-    let bye_thread = goodbye_once_waiting(&server, hanging, hint, false);
-    let t1 = Instant::now();
-    let r = c.call_raw("hang", Bytes::new());
-    let failed_after = t1.elapsed();
-    bye_thread.join().unwrap();
+    let (r, failed_after) = call_through_a_goodbye(&server, hanging, hint, false, || c.call_raw("hang", Bytes::new()));
     eprintln!(
         "S3 goodbye ({t:?}): a call never answered after the GOODBYE: {r:?} after {failed_after:?}; closed {:?}",
         c.closed()
@@ -1266,9 +1268,7 @@ fn case_goodbye_while_a_call_waits(t: Transport) {
     let policy = restart_policy();
     let builder = Client::builder().call_timeout(Duration::from_secs(20));
     let mut client = builder.connect_reconnecting(&ep, policy).unwrap();
-    let bye_thread = goodbye_once_waiting(&first, waiting, hint, true);
-    let r = client.call_raw("wait", Bytes::new());
-    bye_thread.join().unwrap();
+    let (r, _) = call_through_a_goodbye(&first, waiting, hint, true, || client.call_raw("wait", Bytes::new()));
     assert_eq!(r.unwrap(), &b"answered"[..], "the call the server answered after its GOODBYE");
     assert_eq!(client.current().and_then(|c| c.goodbye().cloned()), Some(bye.clone()));
     assert_eq!(client.state(), ConnectionState::Connected { generation: 1 });
@@ -1299,11 +1299,8 @@ fn case_goodbye_while_a_call_waits(t: Transport) {
     let answered_back = back_after;
 
     // Not idempotent, never answered: lost, not sent again.
-    let bye_thread = goodbye_once_waiting(&second, hanging, hint, false);
-    let t1 = Instant::now();
-    let r = client.call_raw("hang", Bytes::new());
-    let failed_after = t1.elapsed();
-    bye_thread.join().unwrap();
+    let (r, failed_after) =
+        call_through_a_goodbye(&second, hanging, hint, false, || client.call_raw("hang", Bytes::new()));
     assert!(
         matches!(&r, Err(Error::ConnectionLost(e)) if *e == ended),
         "a call unanswered when the connection ended: {r:?}"
