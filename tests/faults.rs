@@ -1,8 +1,10 @@
 //! Fault scenarios S1, S5, S6, S7, S8, S9 and S11 (keepalive) of the reliability checklist
 //! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, and
-//! S1, S5 at a rate, S6, S7, S8's slow loris and S9 on a wharf-mio loop,
-//! over Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The
-//! cases are in `tests/conformance/faults.rs`.
+//! every server-side one (S1, S5 paced and at a rate, S6, S7, S8's slow
+//! loris and flood, S9, S11's server side) on a wharf-mio loop, over Unix
+//! sockets (Linux: they read /proc and set RLIMIT_NOFILE). The cases are in
+//! `tests/conformance/faults.rs`. (The blocking client's side of S2, S3 and
+//! S11 is in `tests/conformance_mio.rs`.)
 //!
 //! The cases run one at a time (they measure this process's descriptors
 //! and memory). The heavy ones are `#[ignore]`d: `tests/faults.sh` runs
@@ -139,10 +141,11 @@ faults!(smol, conformance::adapters::Smol);
 faults!(async_std, conformance::adapters::AsyncStd);
 
 /// The cases that need a server of their own kind, on a wharf-mio loop:
-/// the server runs on a thread of the test process (S1, S5, S6, S8, S9)
-/// or in a peer process (S7); its clients are tokio clients (their own
-/// processes for S1, S5's healthy subscribers and S6) and bare-core ones
-/// (S5's slow subscriber, S8's dribblers, S9's writer).
+/// the server runs on a thread of the test process (S1, S5, S6, S8, S9,
+/// S11) or in a peer process (S7); its clients are tokio clients (their own
+/// processes for S1, S5's healthy subscribers at a rate and S6) and
+/// bare-core ones (S5's slow subscriber, S8's dribblers and stalled
+/// connections, S9's writer, S11's silent peer).
 mod wharf_mio {
     use super::*;
     use crate::conformance::faults as f;

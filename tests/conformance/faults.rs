@@ -5,9 +5,9 @@
 //! reads, a subscriber that never reads (paced, and at a fixed rate with
 //! the others' latency measured), and (ignored by default) 10,000
 //! connections. They are instantiated per adapter by `tests/faults.rs`,
-//! and S1, S5 at a rate, S6, S7, S8's slow loris and S9 also on a
-//! wharf-mio loop (one case body for both kinds of server: [`FaultServer`],
-//! set up with a [`Setup`]); it runs them one at a time: they count this
+//! and the server-side ones (S1, S5, S6, S7, S8, S9, S11's server side)
+//! also on a wharf-mio loop (one case body for both kinds of server:
+//! [`FaultServer`], set up with a [`Setup`]); it runs them one at a time: they count this
 //! process's file descriptors and memory, which other tests running beside
 //! them would disturb.
 //!
@@ -281,8 +281,8 @@ pub async fn peer_role(env: &Env, role: &str, endpoint: &Endpoint) -> bool {
 // S1: clients killed with SIGKILL in a loop
 // ---------------------------------------------------------------------------
 
-/// The server side of the cases that run on both kinds of server (S1, S5
-/// at a rate, S6, S8's slow loris, S9): a wharf server on the case's
+/// The server side of the cases that run on both kinds of server (S1, S5,
+/// S6, S8, S9, S11's server side): a wharf server on the case's
 /// adapter, or a wharf-mio loop. Each serves `echo`; `hang`, whose calls
 /// never end until their caller goes; `blob`, answering 1 MiB; and takes
 /// `sink` notifications.
