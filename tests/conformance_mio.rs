@@ -1152,6 +1152,175 @@ fn case_reconnecting_client_gives_up_after_max_attempts(t: Transport) {
     assert!(items.next().is_none(), "the iterator ends after the error");
 }
 
+/// The close timeout of [`goodbye_server`].
+const CLOSE: Duration = Duration::from_millis(300);
+
+/// A mio-loop server on `ep` whose connections close 300 ms after a
+/// GOODBYE with calls still unanswered (instead of 5 s), bound again after
+/// an earlier one there ended (a TCP port may be busy for a moment).
+fn goodbye_server(ep: &Endpoint) -> MioServer {
+    let config = wharf::core::Config { close_timeout: CLOSE, ..Default::default() };
+    let options = ServerOptions { config, ..Default::default() };
+    let t = Instant::now();
+    loop {
+        match mio_loop::try_mio_server(ep.clone(), options.clone(), None) {
+            Ok(server) => return server,
+            Err(e) if t.elapsed() < WAIT => {
+                eprintln!("the server on {ep} did not bind: {e}; again");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the server on {ep} never bound: {e}"),
+        }
+    }
+}
+
+/// Makes `call` while, once `count` shows the call reached `server`,
+/// another thread shuts the server down with a `reconnect_after` hint of
+/// `hint`, then (if `answer`) answers the `wait` calls it holds: the
+/// GOODBYE goes out before the answer. Returns the call's outcome and how
+/// long it took.
+fn call_through_a_goodbye(
+    server: &MioServer,
+    count: fn(&mio_loop::Seen) -> usize,
+    hint: Duration,
+    answer: bool,
+    call: impl FnOnce() -> Result<Bytes, Error>,
+) -> (Result<Bytes, Error>, Duration) {
+    let (seen, commands) = (server.seen.clone(), server.commander());
+    let bye = std::thread::spawn(move || {
+        wait_until("the call to reach the server", || count(&seen) == 1);
+        commands(Command::Shutdown("restarting", Some(hint)));
+        if answer {
+            commands(Command::Answer);
+        }
+    });
+    let t = Instant::now();
+    let r = call();
+    let took = t.elapsed();
+    bye.join().unwrap();
+    (r, took)
+}
+
+/// S3 on the blocking client: the server says GOODBYE (`SHUTTING_DOWN`,
+/// a `reconnect_after` hint) while a call waits.
+/// 1. The plain client: a call the server still answers after its
+///    GOODBYE gets its response (one outcome; nothing left in flight) and
+///    `goodbye()` holds the code and hint; the connection then ends (both
+///    sides said goodbye, nothing in flight) and the next call fails with
+///    `ConnectionLost`, the GOODBYE's code and hint in it. A call the
+///    server never answers fails with `ConnectionLost` once the server's
+///    close timeout ends the connection.
+/// 2. The reconnecting client: the same answered call returns its
+///    response; the next call reconnects to a new server no sooner than
+///    the hint. A call that is not idempotent, unanswered when the
+///    connection ends after the GOODBYE, fails with `ConnectionLost`, ran
+///    once, and is not sent to the next server; the client is back on the
+///    next server no sooner than the hint again.
+fn case_goodbye_while_a_call_waits(t: Transport) {
+    use wharf::mio::{ConnectionState, Goodbye};
+    let hint = Duration::from_millis(400);
+    let waiting: fn(&mio_loop::Seen) -> usize = |s| s.waiting.load(Ordering::SeqCst);
+    let hanging: fn(&mio_loop::Seen) -> usize = |s| s.hanging.load(Ordering::SeqCst);
+    let bye = Goodbye { code: Code::SHUTTING_DOWN, message: "restarting".into(), reconnect_after: Some(hint) };
+    let dir = tmp();
+    let ep = endpoint(t, &dir);
+
+    // 1. The plain blocking client.
+    let server = goodbye_server(&ep);
+    let mut c = Client::builder().call_timeout(Duration::from_secs(20)).connect(&server.endpoint).unwrap();
+    let ep = server.endpoint.clone();
+    let (r, _) = call_through_a_goodbye(&server, waiting, hint, true, || c.call_raw("wait", Bytes::new()));
+    eprintln!("S3 goodbye ({t:?}): a call answered after the GOODBYE: {r:?}; goodbye {:?}", c.goodbye());
+    assert_eq!(r.unwrap(), &b"answered"[..], "the call the server answered after its GOODBYE");
+    assert_eq!(c.goodbye(), Some(&bye), "the GOODBYE arrived before the answer");
+    assert_eq!(c.core().calls_in_flight(), 0, "one outcome, nothing left in flight");
+    let next = c.call_raw("echo", Bytes::from_static(b"x"));
+    eprintln!("S3 goodbye ({t:?}): a call after the GOODBYE: {next:?}");
+    // Nothing was left in flight on either side once the answer came: the
+    // connection ended then, the normal end after a GOODBYE.
+    let ended = ConnectionError::PeerClosed {
+        code: Code::SHUTTING_DOWN,
+        message: "restarting".into(),
+        reconnect_after: Some(hint),
+    };
+    assert_eq!(c.closed(), Some(&ended));
+    assert!(matches!(&next, Err(Error::ConnectionLost(e)) if *e == ended), "a call after the GOODBYE: {next:?}");
+    drop(c);
+    server.join();
+
+    let server = goodbye_server(&ep);
+    let mut c = Client::builder().call_timeout(Duration::from_secs(20)).connect(&ep).unwrap();
+    let (r, failed_after) = call_through_a_goodbye(&server, hanging, hint, false, || c.call_raw("hang", Bytes::new()));
+    eprintln!(
+        "S3 goodbye ({t:?}): a call never answered after the GOODBYE: {r:?} after {failed_after:?}; closed {:?}",
+        c.closed()
+    );
+    assert!(failed_after >= CLOSE, "failed {failed_after:?} after it was made, before the close timeout");
+    // Ended by the server's close timeout (counted from its GOODBYE).
+    assert!(matches!(&r, Err(Error::ConnectionLost(e)) if *e == ended), "the call the server never answered: {r:?}");
+    assert_eq!(c.goodbye(), Some(&bye));
+    assert_eq!(c.core().calls_in_flight(), 0, "one outcome, nothing left in flight");
+    drop(c);
+    server.join();
+
+    // 2. The reconnecting client.
+    let first = goodbye_server(&ep);
+    let policy = restart_policy();
+    let builder = Client::builder().call_timeout(Duration::from_secs(20));
+    let mut client = builder.connect_reconnecting(&ep, policy).unwrap();
+    let (r, _) = call_through_a_goodbye(&first, waiting, hint, true, || client.call_raw("wait", Bytes::new()));
+    assert_eq!(r.unwrap(), &b"answered"[..], "the call the server answered after its GOODBYE");
+    assert_eq!(client.current().and_then(|c| c.goodbye().cloned()), Some(bye.clone()));
+    assert_eq!(client.state(), ConnectionState::Connected { generation: 1 });
+    let restart = |old: MioServer| {
+        let ep = ep.clone();
+        std::thread::spawn(move || {
+            // The old loop ends once the client has answered its GOODBYE
+            // and left.
+            old.join();
+            goodbye_server(&ep)
+        })
+    };
+    let starter = restart(first);
+    let hinted = |client: &wharf::mio::ReconnectingClient, back_after: Duration| {
+        let attempts = client.attempts();
+        let a = attempts.iter().rev().find(|a| a.hint.is_some()).expect("an attempt after the GOODBYE");
+        assert_eq!((a.attempt, a.hint), (1, Some(hint)), "{attempts:?}");
+        assert!(a.delay >= hint, "the hint is a lower bound: {a:?}");
+        assert!(back_after >= hint, "back {back_after:?} after the GOODBYE, sooner than its hint {hint:?}");
+    };
+    let t0 = Instant::now();
+    let r = client.call::<_, String>("echo", "after the goodbye");
+    let back_after = t0.elapsed();
+    let second = starter.join().unwrap();
+    assert_eq!(r.unwrap(), "after the goodbye");
+    assert_eq!(client.state(), ConnectionState::Connected { generation: 2 });
+    hinted(&client, back_after);
+    let answered_back = back_after;
+
+    // Not idempotent, never answered: lost, not sent again.
+    let (r, failed_after) =
+        call_through_a_goodbye(&second, hanging, hint, false, || client.call_raw("hang", Bytes::new()));
+    assert!(
+        matches!(&r, Err(Error::ConnectionLost(e)) if *e == ended),
+        "a call unanswered when the connection ended: {r:?}"
+    );
+    assert!(failed_after >= CLOSE, "failed {failed_after:?} after it was made, before the close timeout");
+    assert_eq!(hanging(&second.seen), 1, "the handler ran exactly once");
+    let starter = restart(second);
+    let t0 = Instant::now();
+    let hung: u64 = client.call("hanging", &()).unwrap();
+    let back_after = t0.elapsed();
+    let _third = starter.join().unwrap();
+    assert_eq!(hung, 0, "the call that was not idempotent was sent to the next server");
+    assert_eq!(client.state(), ConnectionState::Connected { generation: 3 });
+    hinted(&client, back_after);
+    eprintln!(
+        "S3 goodbye reconnecting ({t:?}): back {answered_back:?} after a GOODBYE hinting {hint:?} (answered call); \
+         an unanswered call failed {failed_after:?} after it was made, back {back_after:?} after"
+    );
+}
+
 /// Bound on one whole case, so a hang fails the test instead of the run.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -1255,6 +1424,14 @@ macro_rules! cases {
             fn reconnecting_client_gives_up_after_max_attempts() {
                 bounded(stringify!(case_reconnecting_client_gives_up_after_max_attempts), || {
                     case_reconnecting_client_gives_up_after_max_attempts(Transport::$transport)
+                });
+            }
+
+            #[$cfg]
+            #[test]
+            fn goodbye_while_a_call_waits() {
+                bounded(stringify!(case_goodbye_while_a_call_waits), || {
+                    case_goodbye_while_a_call_waits(Transport::$transport)
                 });
             }
 

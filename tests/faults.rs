@@ -1,8 +1,10 @@
 //! Fault scenarios S1, S5, S6, S7, S8, S9 and S11 (keepalive) of the reliability checklist
 //! (docs/RELIABILITY.md) on the tokio, smol and async-std adapters, and
-//! S1, S5 at a rate, S6, S7, S8's slow loris and S9 on a wharf-mio loop,
-//! over Unix sockets (Linux: they read /proc and set RLIMIT_NOFILE). The
-//! cases are in `tests/conformance/faults.rs`.
+//! every server-side one (S1, S5 paced and at a rate, S6, S7, S8's slow
+//! loris and flood, S9, S11's server side) on a wharf-mio loop, over Unix
+//! sockets (Linux: they read /proc and set RLIMIT_NOFILE). The cases are in
+//! `tests/conformance/faults.rs`. (The blocking client's side of S2, S3 and
+//! S11 is in `tests/conformance_mio.rs`.)
 //!
 //! The cases run one at a time (they measure this process's descriptors
 //! and memory). The heavy ones are `#[ignore]`d: `tests/faults.sh` runs
@@ -139,10 +141,11 @@ faults!(smol, conformance::adapters::Smol);
 faults!(async_std, conformance::adapters::AsyncStd);
 
 /// The cases that need a server of their own kind, on a wharf-mio loop:
-/// the server runs on a thread of the test process (S1, S5, S6, S8, S9)
-/// or in a peer process (S7); its clients are tokio clients (their own
-/// processes for S1, S5's healthy subscribers and S6) and bare-core ones
-/// (S5's slow subscriber, S8's dribblers, S9's writer).
+/// the server runs on a thread of the test process (S1, S5, S6, S8, S9,
+/// S11) or in a peer process (S7); its clients are tokio clients (their own
+/// processes for S1, S5's healthy subscribers at a rate and S6) and
+/// bare-core ones (S5's slow subscriber, S8's dribblers and stalled
+/// connections, S9's writer, S11's silent peer).
 mod wharf_mio {
     use super::*;
     use crate::conformance::faults as f;
@@ -163,9 +166,25 @@ mod wharf_mio {
     fault_case!(slow_loris_handshakes_neither_block_nor_linger, conformance::adapters::Tokio, 120, |env| {
         f::mio_slow_loris_handshakes_neither_block_nor_linger(env)
     });
+    fault_case!(handshake_flood_is_capped_oldest_first, conformance::adapters::Tokio, 180, |env| {
+        f::mio_handshake_flood_is_capped_oldest_first(env)
+    });
+    fault_case!(keepalive_closes_a_silent_peer_and_keeps_an_idle_one, conformance::adapters::Tokio, 60, |env| {
+        f::mio_keepalive_closes_a_silent_peer_and_keeps_an_idle_one(env)
+    });
     fault_case!(peer_that_never_reads_is_bounded_then_disconnected, conformance::adapters::Tokio, 120, |env| {
         f::mio_peer_that_never_reads_is_bounded_then_disconnected(env)
     });
+    fault_case!(slow_subscriber_leaves_healthy_ones_and_memory_alone, conformance::adapters::Tokio, 120, |env| {
+        f::mio_slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 20_000)
+    });
+    fault_case!(
+        #[ignore = "heavy: 200,000 messages; tests/faults.sh runs it"]
+        slow_subscriber_200k_messages,
+        conformance::adapters::Tokio,
+        900,
+        |env| f::mio_slow_subscriber_leaves_healthy_ones_and_memory_alone(env, 200_000)
+    );
     fault_case!(slow_subscriber_at_a_rate, conformance::adapters::Tokio, 120, |env| {
         f::mio_slow_subscriber_at_a_rate(env, 4000, 3, 4)
     });

@@ -2,7 +2,7 @@
 # Runs every fault scenario of tests/faults.rs, the heavy ones included
 # (1000 client kills, 10,000 connections, 200,000 published messages and a
 # minute of publishing at 1,000 msg/s to 100 subscribers per adapter: tokio,
-# smol, async-std; 1000 kills and 10,000 connections on a wharf-mio loop),
+# smol, async-std; the same on a wharf-mio loop),
 # one at a time, printing what each measured (the full log goes to
 # target/faults.log). Linux only. About 7 minutes on a 2-core machine.
 # Extra arguments go to the test binary, e.g. `tests/faults.sh tokio::` for

@@ -1,8 +1,9 @@
 //! A wharf-mio server driven by a hand-written mio loop on a thread of its
 //! own, with the methods the wharf-mio conformance cases and the fault
 //! cases use (`echo`, `add`, `fail`, `hang`, `hanging`, `idem`, `blob`,
-//! `late`, `broadcast`, `cancelled`, `shutdown`, the `shout` notification),
-//! publishing on command, and counters of what it saw.
+//! `late`, `wait`, `broadcast`, `cancelled`, `shutdown`, the `shout`
+//! notification), publishing and answering on command, and counters of what
+//! it saw.
 //! Shared by `tests/conformance_mio.rs` and the fault cases
 //! (`tests/conformance/faults.rs`).
 
@@ -33,6 +34,9 @@ pub enum Command {
     Vanish,
     /// Publish each payload on the topic, from the server's side.
     Publish(String, Vec<Bytes>),
+    /// Answer every `wait` call held so far with `answered` (after what
+    /// was commanded before, a GOODBYE included).
+    Answer,
 }
 
 /// What the mio-loop server saw.
@@ -56,6 +60,9 @@ pub struct Seen {
     pub hanging: AtomicUsize,
     /// Calls to `idem` that reached the server.
     pub idem: AtomicUsize,
+    /// Calls to `wait` that reached the server (answered on
+    /// [`Command::Answer`]).
+    pub waiting: AtomicUsize,
     /// Whether `idem` calls wait forever instead of answering.
     pub hold_idem: AtomicBool,
     /// Why each connection closed, and when.
@@ -85,6 +92,15 @@ impl MioServer {
         self.waker.wake().unwrap();
     }
 
+    /// A function that tells the loop a command, for another thread.
+    pub fn commander(&self) -> impl Fn(Command) + Send + 'static {
+        let (commands, waker) = (self.commands.clone(), self.waker.clone());
+        move |c| {
+            commands.send(c).unwrap();
+            waker.wake().unwrap();
+        }
+    }
+
     /// Whether the loop has ended (after a shutdown drained every client).
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
@@ -111,6 +127,15 @@ impl Drop for MioServer {
 /// Binds `endpoint` and runs the loop on a thread of its own (`token`: the
 /// auth payload it requires, if any).
 pub fn mio_server(endpoint: Endpoint, options: ServerOptions, token: Option<&'static [u8]>) -> MioServer {
+    try_mio_server(endpoint, options, token).expect("the mio server binds")
+}
+
+/// [`mio_server`], or why it could not bind.
+pub fn try_mio_server(
+    endpoint: Endpoint,
+    options: ServerOptions,
+    token: Option<&'static [u8]>,
+) -> Result<MioServer, String> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (commands, command_rx) = mpsc::channel();
     let seen = Arc::new(Seen::default());
@@ -132,8 +157,8 @@ pub fn mio_server(endpoint: Endpoint, options: ServerOptions, token: Option<&'st
         ready_tx.send(Ok((server.endpoint().clone(), waker))).unwrap();
         serve(&mut poll, &mut server, &command_rx, &seen2);
     });
-    let (endpoint, waker) = ready_rx.recv().unwrap().expect("the mio server binds");
-    MioServer { endpoint, commands, waker, seen, thread: Some(thread) }
+    let (endpoint, waker) = ready_rx.recv().unwrap()?;
+    Ok(MioServer { endpoint, commands, waker, seen, thread: Some(thread) })
 }
 
 /// The hand-written loop: the methods every case uses.
@@ -142,6 +167,8 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
     let mut stopping = false;
     // Calls answered later: (token, id, when).
     let mut delayed: Vec<(Token, RequestId, Instant)> = Vec::new();
+    // `wait` calls, answered on command.
+    let mut waiting: Vec<(Token, RequestId)> = Vec::new();
     loop {
         let now = Instant::now();
         let mut timeout = server.timeout(now);
@@ -160,6 +187,11 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                             server.shutdown(reason, hint, now);
                         }
                         Command::Vanish => return,
+                        Command::Answer => {
+                            for (token, id) in waiting.drain(..) {
+                                server.respond(token, id, Bytes::from_static(b"answered"));
+                            }
+                        }
                         Command::Publish(topic, payloads) => {
                             for p in payloads {
                                 server.publish(&topic, p);
@@ -215,6 +247,10 @@ fn serve(poll: &mut Poll, server: &mut Server, commands: &mpsc::Receiver<Command
                     }
                     "blob" => server.respond(token, call.id, Bytes::from(vec![7u8; 1 << 20])),
                     "late" => delayed.push((token, call.id, now + Duration::from_millis(300))),
+                    "wait" => {
+                        seen.waiting.fetch_add(1, Ordering::SeqCst);
+                        waiting.push((token, call.id));
+                    }
                     "broadcast" => {
                         // (topic, count): publish `count` numbered messages.
                         let (topic, count): (String, u32) = wharf::mio::decode(&call.payload).unwrap();
