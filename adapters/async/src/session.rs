@@ -581,23 +581,6 @@ pub(crate) struct Driver {
     fresh: Vec<Fresh>,
 }
 
-/// What one round did.
-#[derive(Clone, Copy)]
-struct Round {
-    /// Something happened: bytes moved, events were dispatched, a timer
-    /// was handled.
-    progress: bool,
-    /// Another round now would find nothing to do: reading stopped because
-    /// the stream would block (its waker is registered) or ended, writing
-    /// stopped the same way or with nothing left, the broker delivered
-    /// nothing, and the round's last steps dispatched no event. A round
-    /// that made progress but is settled needs no second round just to
-    /// hear "would block" again (one poll of the stream and of the event
-    /// queue per wake-up instead of two: most of a 1 MiB frame's wake-ups
-    /// read or write one socket buffer's worth and nothing else).
-    settled: bool,
-}
-
 /// Why a run of rounds stopped.
 enum Stop {
     /// Nothing more to do until the socket, a handle or the timer wakes us.
@@ -620,24 +603,19 @@ impl Driver {
     }
 
     /// One round: read, timers, events, deliveries, write. Returns whether
-    /// anything happened and whether another round could find more to do.
-    /// `now` is read once per round: the core's clock only needs to be
-    /// monotonic and current to within a round.
-    fn round(&mut self, cx: &mut TaskContext<'_>, st: &mut State, now: Instant, check_timers: bool) -> Round {
+    /// anything happened. `now` is read once per round: the core's clock
+    /// only needs to be monotonic and current to within a round.
+    fn round(&mut self, cx: &mut TaskContext<'_>, st: &mut State, now: Instant, check_timers: bool) -> bool {
         let inner = &self.inner;
         let mut progress = false;
 
         // The stream is there until the session finishes.
         if st.stream.is_none() {
-            return Round { progress: false, settled: true };
+            return false;
         }
 
-        // Read. Reading is settled when it stopped at "would block" (the
-        // stream holds our waker) or at the end of the stream; not when
-        // the budget or the connection stopped it (`wants_read` counts
-        // what waits to be written, so writing may let it read again).
+        // Read.
         let mut reads = 0;
-        let mut read_settled = self.eof;
         while let Some(stream) = st.stream.as_mut()
             && !self.eof
             && st.conn.wants_read()
@@ -646,7 +624,6 @@ impl Driver {
             // No block to read into: wait for data before taking one, so
             // that an idle connection holds none.
             if !st.conn.has_recv_room() && stream.poll_read_ready(cx).is_pending() {
-                read_settled = true;
                 break;
             }
             let buf = st.conn.recv_buffer();
@@ -655,7 +632,6 @@ impl Driver {
                     self.eof = true;
                     st.conn.handle_eof(now);
                     progress = true;
-                    read_settled = true;
                 }
                 Poll::Ready(Ok(n)) => {
                     st.conn.handle_received(n, now);
@@ -667,12 +643,8 @@ impl Driver {
                     self.eof = true;
                     st.conn.handle_transport_error(&e, now);
                     progress = true;
-                    read_settled = true;
                 }
-                Poll::Pending => {
-                    read_settled = true;
-                    break;
-                }
+                Poll::Pending => break,
             }
         }
 
@@ -687,17 +659,13 @@ impl Driver {
         // Events.
         progress |= drain_events(inner, st);
 
-        // Pub/sub deliveries queued for this connection by the broker
-        // (more may be left: a round that moved some is not settled).
-        let mut pumped = false;
+        // Pub/sub deliveries queued for this connection by the broker.
         if let Some(link) = &inner.server {
-            pumped = link.pump(st);
-            progress |= pumped;
+            progress |= link.pump(st);
             drain_events(inner, st);
         }
 
-        // Write. This always ends settled: everything queued went out,
-        // the stream would block (it holds our waker), or it failed.
+        // Write.
         while let Some(stream) = st.stream.as_mut()
             && !self.shutdown
             && st.conn.wants_write()
@@ -728,11 +696,8 @@ impl Driver {
                 Poll::Pending => break,
             }
         }
-        // Events dispatched now were not there when this round wrote.
-        let late_events = drain_events(inner, st);
-        progress |= late_events;
-        let settled = read_settled && !pumped && !late_events;
-        Round { progress, settled }
+        progress |= drain_events(inner, st);
+        progress
     }
 
     /// Rounds until there is nothing to do, the budget is spent, the
@@ -741,7 +706,7 @@ impl Driver {
         let mut check_timers = true;
         loop {
             let now = self.inner.runtime.now();
-            let Round { progress, settled } = self.round(cx, st, now, check_timers);
+            let progress = self.round(cx, st, now, check_timers);
             check_timers = false;
             *budget = budget.saturating_sub(1);
             if !st.fresh.is_empty() {
@@ -750,7 +715,7 @@ impl Driver {
             if st.conn.is_closed() && !st.conn.wants_write() {
                 return Stop::Over;
             }
-            if progress && !settled {
+            if progress {
                 if *budget == 0 {
                     return Stop::Budget;
                 }
