@@ -861,6 +861,123 @@ fn keepalive_blocking_client_leaves_a_silent_server_and_stays_with_a_live_one() 
     });
 }
 
+/// The blocking client waiting for a response handles what the server
+/// sends meanwhile. A server on the bare core takes the call, lets the
+/// client fall asleep, then sends a PING, a notification and a call of its
+/// own, each after a pause, and responds
+/// only once it has the client's PONG and its refusal of the call
+/// (`UNKNOWN_METHOD`): the response can arrive only if the client answered
+/// both while it waited. The notification is queued for the application.
+#[cfg(unix)]
+#[test]
+fn blocking_client_answers_what_arrives_while_a_call_waits() {
+    bounded("blocking_client_waiting", || {
+        use wharf::core::{CallError, CallOptions, Config, Event};
+
+        const PAUSE: Duration = Duration::from_millis(60);
+        let dir = tmp();
+        let path = dir.path().join("chatty.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut s = raw::ScriptedServer::accept(&listener, Config::default());
+            let mut call = None;
+            s.until(|e, _| matches!(e, Event::Request(c) if { call = Some(c.id); true }));
+            let call = call.unwrap();
+            // The client is asleep in its wait by now; each frame comes alone.
+            std::thread::sleep(PAUSE);
+            let ping = s.conn.ping(Instant::now()).unwrap();
+            s.flush();
+            std::thread::sleep(PAUSE);
+            s.conn.notify("news", Bytes::from_static(b"while you wait"), CallOptions::new()).unwrap();
+            s.flush();
+            std::thread::sleep(PAUSE);
+            let ask = s.conn.request("serve-me", Bytes::new(), CallOptions::new(), Instant::now()).unwrap();
+            let (mut ponged, mut refused) = (false, None);
+            s.until(|e, _| {
+                match e {
+                    Event::Pong { id, .. } if id == ping => ponged = true,
+                    Event::Response { id, result } if id == ask => refused = Some(result),
+                    _ => {}
+                }
+                ponged && refused.is_some()
+            });
+            assert!(
+                matches!(refused, Some(Err(CallError::Remote { code: Code::UNKNOWN_METHOD, .. }))),
+                "the client answered the server's call with {refused:?}"
+            );
+            s.conn.respond(call, Bytes::from_static(b"at last")).unwrap();
+            s.flush();
+            s.until_closed();
+        });
+        let mut client =
+            Client::builder().call_timeout(Duration::from_secs(20)).connect(&Endpoint::unix(&path)).unwrap();
+        let t0 = Instant::now();
+        let r = client.call_raw("slow", Bytes::from_static(b"?"));
+        assert_eq!(r.unwrap(), &b"at last"[..], "the call's outcome");
+        assert!(t0.elapsed() >= 3 * PAUSE, "the response came before the server's traffic");
+        assert_eq!(
+            client.next_incoming(Some(Duration::ZERO)).unwrap(),
+            Some(Incoming::Notification { method: "news".into(), payload: Bytes::from_static(b"while you wait") }),
+            "the notification that came while the call waited"
+        );
+        assert!(client.closed().is_none(), "the connection ended: {:?}", client.closed());
+        drop(client);
+        server.join().unwrap();
+    });
+}
+
+/// The blocking client's timers fire while it waits for a silent server
+/// after it has heard from it (a client that waits for input in a way of
+/// its own, such as a blocking receive once it holds a receive block, must
+/// still end the wait by its next timer): a server on the bare core
+/// (keepalive 200 ms) answers one call and then nothing. A call with a
+/// 300 ms deadline ends `TimedOut` on time, and the next (its deadline a
+/// minute away) with `KeepaliveTimeout`, 3 keepalive intervals after the
+/// server was last heard.
+#[cfg(unix)]
+#[test]
+fn blocking_client_timers_fire_while_it_waits_for_a_silent_server() {
+    bounded("blocking_client_timers", || {
+        use wharf::core::{Config, Event};
+
+        const K: Duration = Duration::from_millis(200);
+        let config = Config { keepalive_interval: Some(K), ..Default::default() };
+        let dir = tmp();
+        let path = dir.path().join("quiet.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server_config = config.clone();
+        let server = std::thread::spawn(move || {
+            let mut s = raw::ScriptedServer::accept(&listener, server_config);
+            s.until(|e, conn| matches!(e, Event::Request(c) if conn.respond(c.id, c.payload.clone()).is_ok()));
+            s.flush();
+            // Silent from now on; it reads (and drops) what comes.
+            s.until_closed();
+        });
+        let mut client = Client::builder()
+            .config(config)
+            .call_timeout(Duration::from_secs(60))
+            .connect(&Endpoint::unix(&path))
+            .unwrap();
+        assert_eq!(client.call_raw("echo", Bytes::from_static(b"hi")).unwrap(), &b"hi"[..]);
+        let heard = Instant::now();
+        const DEADLINE: Duration = Duration::from_millis(300);
+        let options = wharf::core::CallOptions::new().timeout(wharf::core::Timeout::After(DEADLINE));
+        let r = client.call_raw_with("echo", Bytes::from_static(b"anyone?"), options);
+        let took = heard.elapsed();
+        assert!(matches!(r, Err(Error::TimedOut { .. })), "the call with a deadline ended with {r:?}");
+        assert!(took >= DEADLINE && took < DEADLINE + K, "timed out after {took:?}");
+        let r = client.call_raw("echo", Bytes::from_static(b"still there?"));
+        let after = heard.elapsed();
+        assert!(
+            matches!(r, Err(Error::ConnectionLost(ConnectionError::KeepaliveTimeout(_)))),
+            "the call without a near deadline ended with {r:?}"
+        );
+        assert!(after + Duration::from_millis(20) >= 3 * K && after < 3 * K + 4 * K, "left after {after:?}");
+        drop(client);
+        server.join().unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------
 // A mio-loop server in a process of its own, killed (S2) and restarted (S3)
 // ---------------------------------------------------------------------------

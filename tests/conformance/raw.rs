@@ -69,6 +69,57 @@ fn write_all_queued(stream: &mut UnixStream, conn: &mut Connection) -> io::Resul
     }
 }
 
+/// A server on the bare core over a blocking socket, one client, driven
+/// step by step by the case: it answers, pings, notifies or keeps silent
+/// exactly when the case says.
+pub struct ScriptedServer {
+    /// The socket (blocking, reads bounded by 20 s).
+    pub stream: UnixStream,
+    /// The protocol state.
+    pub conn: Connection,
+    buf: Vec<u8>,
+}
+
+impl ScriptedServer {
+    /// Accepts one client on `listener` and completes its handshake with
+    /// `config` (so the WELCOME carries its keepalive interval).
+    pub fn accept(listener: &UnixListener, config: Config) -> ScriptedServer {
+        let (stream, _) = listener.accept().expect("the scripted server accepts");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
+        let conn = Connection::server(Arc::new(config), Instant::now()).expect("server");
+        let mut s = ScriptedServer { stream, conn, buf: vec![0u8; 64 * 1024] };
+        s.until(|e, conn| matches!(e, Event::HandshakeRequest(_)) && conn.accept(1).is_ok());
+        s.flush();
+        s
+    }
+
+    /// Writes what is queued, then reads until `want` accepts an event
+    /// (given the connection, to answer it); other events are dropped.
+    pub fn until(&mut self, mut want: impl FnMut(Event, &mut Connection) -> bool) {
+        loop {
+            while let Some(e) = self.conn.poll_event() {
+                if want(e, &mut self.conn) {
+                    return;
+                }
+            }
+            self.flush();
+            let n = self.stream.read(&mut self.buf).expect("the scripted server reads");
+            assert!(n > 0, "the client left");
+            self.conn.handle_input(&self.buf[..n], Instant::now());
+        }
+    }
+
+    /// Writes everything queued (blocking).
+    pub fn flush(&mut self) {
+        write_all_queued(&mut self.stream, &mut self.conn).expect("the scripted server writes");
+    }
+
+    /// Waits until the client closes its end (or 20 s pass).
+    pub fn until_closed(mut self) {
+        while matches!(self.stream.read(&mut self.buf), Ok(n) if n > 0) {}
+    }
+}
+
 /// A server on the bare core that accepts one client, completes its
 /// handshake with its own `config` (so the WELCOME carries its keepalive
 /// interval) and then answers nothing: it never reads or writes again,
