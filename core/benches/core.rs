@@ -10,7 +10,7 @@
 //!
 //! - `encode/<FRAME>`, `decode/<FRAME>`: one frame of each kind through the
 //!   public wire API ([`Frame::encode`], [`Frame::decode_one`]), 64-byte
-//!   payloads where the frame has one.
+//!   payloads where the frame has one (MESSAGES: 16 of them).
 //! - `conn/...`: two `Connection`s in steady state after the handshake,
 //!   bytes moved by hand the way an adapter moves them (`transmit_slices` +
 //!   `advance_transmit` into a reused buffer, `recv_buffer` +
@@ -22,6 +22,9 @@
 //! - `pubsub/N`: the same end to end: a client's PUBLISH read by its server
 //!   connection, the broker, and one MESSAGE delivered over each of N
 //!   subscriber connections and read by each subscriber client.
+//! - `pubsub_burst/N`: the server application publishes 64 messages by
+//!   name, each subscriber's server connection takes them as MESSAGES
+//!   batches and each client walks them (time per burst of 64).
 
 use std::hint::black_box;
 use std::io::IoSlice;
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use wharf_core::broker::{Broker, BrokerConfig, Delivery, SubscriberId};
 use wharf_core::wire::{
-    ErrorBody, Frame, Goodbye, Hello, MAX_FRAME_SIZE_CEILING, NO_HINT, Notify, Reject, Request, Welcome,
+    ErrorBody, Frame, Goodbye, Hello, MAX_FRAME_SIZE_CEILING, MessageBatch, NO_HINT, Notify, Reject, Request, Welcome,
 };
 use wharf_core::{
     Bytes, BytesMut, CallKind, CallOptions, Code, Config, Connection, Event, Metadata, SlowConsumerPolicy,
@@ -48,6 +51,20 @@ fn payload(n: usize) -> Bytes {
 // ----------------------------------------------------------------------
 // Wire
 // ----------------------------------------------------------------------
+
+/// Messages in the MESSAGES frame of the codec benchmarks.
+const BATCH: usize = 16;
+
+/// The items of a MESSAGES frame: `n` copies of `payload`, each after its
+/// 4-byte little-endian length (PROTOCOL.md 6.14a).
+fn batch_items(payload: &[u8], n: usize) -> Bytes {
+    let mut items = BytesMut::with_capacity(n * (4 + payload.len()));
+    for _ in 0..n {
+        items.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        items.extend_from_slice(payload);
+    }
+    items.freeze()
+}
 
 /// One frame of every kind, named as in PROTOCOL.md.
 fn frames() -> Vec<(&'static str, Frame)> {
@@ -137,7 +154,15 @@ fn frames() -> Vec<(&'static str, Frame)> {
         ),
         ("UNSUBSCRIBE", Frame::Unsubscribe { id: 5, subscription: 3 }),
         ("PUBLISH", Frame::Publish { id: 0, topic: Text::from_static("sensors/temp"), payload: p.clone() }),
-        ("MESSAGE", Frame::Message { subscription: 3, topic: Text::from_static("sensors/temp"), payload: p }),
+        ("MESSAGE", Frame::Message { subscription: 3, topic: Text::from_static("sensors/temp"), payload: p.clone() }),
+        (
+            "MESSAGES",
+            Frame::Messages {
+                subscription: 3,
+                topic: Text::from_static("sensors/temp"),
+                batch: MessageBatch::new(batch_items(&p, BATCH)).expect("well-formed batch"),
+            },
+        ),
         ("LAGGED", Frame::Lagged { subscription: 3, dropped: 12 }),
         ("ACK", Frame::Ack { id: 5, status: Code::OK, value: 4 }),
         ("PING", Frame::Ping { id: 9 }),
