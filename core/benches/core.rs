@@ -326,6 +326,34 @@ fn conn(c: &mut Criterion) {
 // Broker
 // ----------------------------------------------------------------------
 
+/// A broker and `n` subscriber connection pairs (client, server), each
+/// subscribed to `topic` and acknowledged, with the broker's events taken.
+fn subscribed(
+    n: usize,
+    topic: &Text,
+    now: Instant,
+    wire: &mut Vec<u8>,
+) -> (Broker, Vec<(SubscriberId, Connection, Connection)>) {
+    let mut broker = Broker::new(BrokerConfig::default()).expect("broker");
+    let mut subs = Vec::with_capacity(n);
+    for s in 0..n as u64 {
+        let (mut client, mut server) = pair(now, wire);
+        broker.add_subscriber(SubscriberId(s));
+        client.subscribe(topic.clone(), SubscribeOptions::default()).expect("subscribe");
+        write_out(&mut client, wire, now);
+        read_in(&mut server, wire, now);
+        let Some(Event::Subscribe { id, topic, prefix, policy }) = server.poll_event() else { panic!("subscribe") };
+        broker.subscribe(SubscriberId(s), id, topic, prefix, policy).expect("broker subscribe");
+        server.accept_subscription(id).expect("accept");
+        write_out(&mut server, wire, now);
+        read_in(&mut client, wire, now);
+        assert!(matches!(client.poll_event(), Some(Event::SubscribeResult { result: Ok(()), .. })));
+        subs.push((SubscriberId(s), client, server));
+    }
+    while broker.poll_event().is_some() {}
+    (broker, subs)
+}
+
 const FANOUT: [usize; 3] = [1, 4, 64];
 
 fn broker(c: &mut Criterion) {
@@ -362,23 +390,7 @@ fn broker(c: &mut Criterion) {
     for n in FANOUT {
         let mut wire = Vec::with_capacity(1 << 20);
         let (mut publisher, mut pub_server) = pair(now, &mut wire);
-        let mut broker = Broker::new(BrokerConfig::default()).expect("broker");
-        let mut subs = Vec::with_capacity(n);
-        for s in 0..n as u64 {
-            let (mut client, mut server) = pair(now, &mut wire);
-            broker.add_subscriber(SubscriberId(s));
-            client.subscribe(topic.clone(), SubscribeOptions::default()).expect("subscribe");
-            write_out(&mut client, &mut wire, now);
-            read_in(&mut server, &mut wire, now);
-            let Some(Event::Subscribe { id, topic, prefix, policy }) = server.poll_event() else { panic!("subscribe") };
-            broker.subscribe(SubscriberId(s), id, topic, prefix, policy).expect("broker subscribe");
-            server.accept_subscription(id).expect("accept");
-            write_out(&mut server, &mut wire, now);
-            read_in(&mut client, &mut wire, now);
-            assert!(matches!(client.poll_event(), Some(Event::SubscribeResult { result: Ok(()), .. })));
-            subs.push((SubscriberId(s), client, server));
-        }
-        while broker.poll_event().is_some() {}
+        let (mut broker, mut subs) = subscribed(n, &topic, now, &mut wire);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
@@ -411,23 +423,7 @@ fn broker(c: &mut Criterion) {
     let mut g = c.benchmark_group("pubsub_burst");
     for n in FANOUT {
         let mut wire = Vec::with_capacity(1 << 20);
-        let mut broker = Broker::new(BrokerConfig::default()).expect("broker");
-        let mut subs = Vec::with_capacity(n);
-        for s in 0..n as u64 {
-            let (mut client, mut server) = pair(now, &mut wire);
-            broker.add_subscriber(SubscriberId(s));
-            client.subscribe(topic.clone(), SubscribeOptions::default()).expect("subscribe");
-            write_out(&mut client, &mut wire, now);
-            read_in(&mut server, &mut wire, now);
-            let Some(Event::Subscribe { id, topic, prefix, policy }) = server.poll_event() else { panic!("subscribe") };
-            broker.subscribe(SubscriberId(s), id, topic, prefix, policy).expect("broker subscribe");
-            server.accept_subscription(id).expect("accept");
-            write_out(&mut server, &mut wire, now);
-            read_in(&mut client, &mut wire, now);
-            assert!(matches!(client.poll_event(), Some(Event::SubscribeResult { result: Ok(()), .. })));
-            subs.push((SubscriberId(s), client, server));
-        }
-        while broker.poll_event().is_some() {}
+        let (mut broker, mut subs) = subscribed(n, &topic, now, &mut wire);
         g.throughput(Throughput::Elements((n * BURST) as u64));
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {

@@ -636,14 +636,9 @@ impl Client {
     pub(crate) fn refresh(&mut self) {
         self.conn.drive(Instant::now());
         self.absorb_all();
-        match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
-            Ok(()) => {
-                for event in self.events.iter() {
-                    self.conn.ready(event);
-                }
-            }
+        if let Err(e) = self.poll_ready(Some(Duration::ZERO)) {
             // Nothing was taken: the next wait takes it.
-            Err(e) => tracing::debug!(endpoint = %self.endpoint, error = %e, "wharf: poll failed"),
+            tracing::debug!(endpoint = %self.endpoint, error = %e, "wharf: poll failed");
         }
         self.conn.drive(Instant::now());
         self.absorb_all();
@@ -698,16 +693,23 @@ impl Client {
         // (readiness is edge-triggered: an event not taken now is lost; the
         // next method reads it).
         let wait = if expired { Some(Duration::ZERO) } else { wake.map(|t| t.saturating_duration_since(now)) };
-        match self.poll.poll(&mut self.events, wait) {
+        match self.poll_ready(wait) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(format!("poll on {}", self.endpoint), e)),
         }
-        for event in self.events.iter() {
-            self.conn.ready(event);
-        }
         if expired {
             return Err(Error::TimedOut { what, after });
+        }
+        Ok(())
+    }
+
+    /// Waits in `mio::Poll::poll` at most `wait` and hands the readiness
+    /// it reports to the connection.
+    fn poll_ready(&mut self, wait: Option<Duration>) -> io::Result<()> {
+        self.poll.poll(&mut self.events, wait)?;
+        for event in self.events.iter() {
+            self.conn.ready(event);
         }
         Ok(())
     }

@@ -1750,7 +1750,7 @@ impl Connection {
         self.pubsub_mut()?.subs.remove(&id)
     }
 
-    /// Forgets an operation waiting for an ACK; it if it was known.
+    /// Forgets an operation waiting for an ACK; returns it if it was known.
     fn remove_op(&mut self, id: u64) -> Option<Op> {
         self.pubsub_mut()?.ops.remove(&id)
     }
