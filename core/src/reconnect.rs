@@ -183,6 +183,26 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+/// The most recent reconnection attempts of one client (at most
+/// [`KEPT_ATTEMPTS`], oldest first), as its `attempts()` shows them.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptLog(std::collections::VecDeque<ReconnectAttempt>);
+
+impl AttemptLog {
+    /// Records `attempt`, forgetting the oldest one if the log is full.
+    pub fn push(&mut self, attempt: ReconnectAttempt) {
+        if self.0.len() == KEPT_ATTEMPTS {
+            self.0.pop_front();
+        }
+        self.0.push_back(attempt);
+    }
+
+    /// The attempts kept, oldest first.
+    pub fn to_vec(&self) -> Vec<ReconnectAttempt> {
+        self.0.iter().copied().collect()
+    }
+}
+
 /// One reconnection attempt's wait, as the policy computed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -305,6 +325,17 @@ mod tests {
             (ms(700), Some(ms(700)), ms(40)),
             "a longer hint wins, even over the cap"
         );
+    }
+
+    #[test]
+    fn the_attempt_log_keeps_the_most_recent() {
+        let mut log = AttemptLog::default();
+        let mut b = Backoff::new(ReconnectPolicy::new().seed(7));
+        for a in 1..=(KEPT_ATTEMPTS as u32 + 3) {
+            log.push(b.next(a, None));
+        }
+        let kept: Vec<u32> = log.to_vec().iter().map(|r| r.attempt).collect();
+        assert_eq!(kept, (4..=KEPT_ATTEMPTS as u32 + 3).collect::<Vec<_>>());
     }
 
     #[test]

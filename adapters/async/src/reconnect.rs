@@ -17,7 +17,6 @@
 //! the server refused it with `SHUTTING_DOWN`) waits for the next
 //! connection within its own deadline.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -29,7 +28,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wharf_core::reconnect::{KEPT_ATTEMPTS, is_permanent};
+use wharf_core::reconnect::{AttemptLog, is_permanent};
 use wharf_core::{
     Backoff, CallKind, CallOptions, Code, ConnectionError, ConnectionState, ReconnectAttempt, ReconnectPolicy,
     SubscribeOptions, Text, Timeout,
@@ -80,7 +79,7 @@ struct St {
     session: Option<(u64, Session)>,
     generation: u64,
     state: ConnectionState,
-    history: VecDeque<ReconnectAttempt>,
+    history: AttemptLog,
     last_error: Option<Error>,
     subs: std::collections::HashMap<u64, SubEntry>,
     next_sub: u64,
@@ -198,7 +197,7 @@ impl ReconnectingClient {
                 session: Some((1, first.clone())),
                 generation: 1,
                 state: ConnectionState::Connected { generation: 1 },
-                history: VecDeque::new(),
+                history: AttemptLog::default(),
                 last_error: None,
                 subs: Default::default(),
                 next_sub: 0,
@@ -240,7 +239,7 @@ impl ReconnectingClient {
     /// The waits before the most recent reconnection attempts (up to 64),
     /// oldest first, as the policy computed them.
     pub fn attempts(&self) -> Vec<ReconnectAttempt> {
-        self.shared.lock().history.iter().copied().collect()
+        self.shared.lock().history.to_vec()
     }
 
     /// Why the last reconnection attempt failed, if one did.
@@ -670,10 +669,7 @@ async fn supervise(shared: Arc<Shared>, mut backoff: Backoff, first: Session) {
         {
             let mut st = shared.lock();
             st.session = None;
-            if st.history.len() == KEPT_ATTEMPTS {
-                st.history.pop_front();
-            }
-            st.history.push_back(record);
+            st.history.push(record);
             let w = shared.set_state(&mut st, ConnectionState::Reconnecting { attempt, delay: record.delay });
             drop(st);
             wake_all(w);

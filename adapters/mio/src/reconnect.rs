@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wharf_core::reconnect::{KEPT_ATTEMPTS, is_permanent};
+use wharf_core::reconnect::{AttemptLog, is_permanent};
 use wharf_core::{
     Backoff, CallOptions, Code, ConnectionError, ConnectionState, ReconnectAttempt, ReconnectPolicy, SendError,
     SlowConsumerPolicy, SubscribeOptions, SubscriptionId, Timeout,
@@ -48,7 +48,7 @@ struct Sub {
 #[derive(Debug)]
 struct Observed {
     state: ConnectionState,
-    history: VecDeque<ReconnectAttempt>,
+    history: AttemptLog,
 }
 
 #[derive(Debug)]
@@ -77,7 +77,7 @@ impl ReconnectMonitor {
     /// The waits before the most recent reconnection attempts (up to 64),
     /// oldest first, as the policy computed them.
     pub fn attempts(&self) -> Vec<ReconnectAttempt> {
-        self.0.lock().history.iter().copied().collect()
+        self.0.lock().history.to_vec()
     }
 
     /// Waits until the state satisfies `pred` and returns it, or `None`
@@ -162,7 +162,7 @@ impl ReconnectingClient {
         let shared = Arc::new(Shared {
             seen: Mutex::new(Observed {
                 state: ConnectionState::Connected { generation: 1 },
-                history: VecDeque::new(),
+                history: AttemptLog::default(),
             }),
             changed: Condvar::new(),
         });
@@ -205,7 +205,7 @@ impl ReconnectingClient {
     /// The waits before the most recent reconnection attempts (up to 64),
     /// oldest first, as the policy computed them.
     pub fn attempts(&self) -> Vec<ReconnectAttempt> {
-        self.shared.lock().history.iter().copied().collect()
+        self.shared.lock().history.to_vec()
     }
 
     /// Why the last reconnection attempt failed, if one did.
@@ -226,10 +226,7 @@ impl ReconnectingClient {
         let mut seen = self.shared.lock();
         seen.state = state;
         if let Some(a) = attempt {
-            if seen.history.len() == KEPT_ATTEMPTS {
-                seen.history.pop_front();
-            }
-            seen.history.push_back(a);
+            seen.history.push(a);
         }
         drop(seen);
         self.shared.changed.notify_all();
