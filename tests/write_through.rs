@@ -566,9 +566,9 @@ fn a_write_through_to_a_closed_peer_fails_the_call() {
 /// Cleanup in drop glue is left to the driver: a handler whose task is
 /// dropped without answering (here it panics; a runtime shutting down
 /// drops tasks the same way) is answered "the handler failed" by the
-/// driver, never written through from the dropping task. During a
-/// runtime's shutdown the driver does not run again, and the caller sees
-/// the connection lost rather than a failed handler.
+/// driver, never written through from the dropping task (so that during
+/// a runtime's shutdown, when the driver does not run again, nothing is
+/// written for it; that shutdown case itself is not run here).
 #[test]
 fn a_dropped_handler_is_answered_by_the_driver() {
     let cases = [Rt::TokioCurrent, Rt::TokioMulti]
