@@ -609,9 +609,14 @@ fn dropped_calls_and_subscriptions_leave_their_frames_to_the_driver() {
         c.within(c.client.ping()).await.unwrap();
         assert_eq!(c.server.publish_raw("t", Bytes::from_static(b"x")).queued, 0, "{}", c.what);
         let before = c.client_probes.direct_attempts();
+        let session = c.server.sessions().pop().expect("the client's session");
+        let received = session.stats().frames_received;
         drop(call);
         assert_eq!(c.client_probes.direct_attempts(), before, "{}: CANCEL written through", c.what);
+        // The driver sent it before the next ping: by its pong the server
+        // has received two frames, the CANCEL and the PING.
         c.within(c.client.ping()).await.unwrap();
+        assert_eq!(session.stats().frames_received, received + 2, "{}: the CANCEL never arrived", c.what);
         c.within(calls(&c.client, "echo", 0, 2)).await;
     });
 }
